@@ -1,0 +1,88 @@
+"""What every command-line front shares: flag groups, and one-line errors with exit status 2.
+
+Imports nothing heavy, so ``--help`` answers at once; scripts import TensorFlow only after parsing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_VOCABULARY = str(REPO / "ja-swe36k.txt")
+DEFAULT_EMOJI = str(REPO / "emoji.json")
+DEFAULT_LAYOUT = "batch:batch;heads:model;experts:model"
+
+
+class UserError(Exception):
+    """Bad input or a refused action. The message is one line: what, where, and what to do."""
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """An argparse parser that shows every flag's default."""
+    return argparse.ArgumentParser(description=description,
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
+def add_tokenizer_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("tokenizer")
+    g.add_argument("--vocabulary", default=None,
+                   help="vocabulary file; default: the model directory's own, else the project's "
+                        f"({DEFAULT_VOCABULARY})")
+    g.add_argument("--emoji", default=None,
+                   help=f"emoji table; default: the model directory's own, else the project's ({DEFAULT_EMOJI})")
+
+
+def add_mesh_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("devices (Mesh TensorFlow)")
+    g.add_argument("--mesh_shape", default="",
+                   help="mesh axes, e.g. 'batch:2;model:2' or '2x2'; empty = one device")
+    g.add_argument("--layout", default=DEFAULT_LAYOUT,
+                   help="tensor dimension -> mesh axis rules: heads and experts split over 'model'")
+    g.add_argument("--tpu", default="", help="TPU name or grpc:// address; empty = local CPU/GPU")
+
+
+def add_precision_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("precision").add_mutually_exclusive_group()
+    g.add_argument("--use_bfloat16", action="store_true", help="bfloat16 activations (TPU); variables stay float32")
+    g.add_argument("--use_mixed_precision", action="store_true",
+                   help="float16 activations with dynamic loss scaling (GPU); overflowing steps are skipped")
+
+
+SPOUT_VECTORS = ("none", "uniform", "stateless_uniform", "onehot", "half_onehot")
+
+
+def add_training_flags(p: argparse.ArgumentParser, default_learning_rate: float) -> None:
+    """Flags shared by run_pretrain.py and run_finetune.py (one training loop serves both)."""
+    g = p.add_argument_group("training")
+    g.add_argument("--input_files", nargs="+", required=True, metavar="GLOB",
+                   help="training records (TFRecord globs, gs:// allowed), made by 'encode_swe.py records'")
+    g.add_argument("--max_steps", type=int, default=100_000, help="stop after this many steps (a real limit)")
+    g.add_argument("--batch_size", type=int, default=16, help="global batch size (sequences per step)")
+    g.add_argument("--learning_rate", type=float, default=default_learning_rate, help="peak learning rate")
+    g.add_argument("--warmup_steps", type=int, default=1000, help="linear warm-up steps before the decay")
+    g.add_argument("--optimizer", choices=("adam", "adafactor"), default="adam",
+                   help="Adam with decoupled weight decay (not on norms and biases), or Adafactor")
+    g.add_argument("--clip_gradients", type=float, default=1.0, help="global-norm clipping; 0 = off")
+    g.add_argument("--spout_vector", choices=SPOUT_VECTORS, default="none",
+                   help="spout input fed in training (onehot/half_onehot use the records' class id 'i')")
+    g.add_argument("--eval_files", nargs="*", default=[], metavar="GLOB", help="held-out records")
+    g.add_argument("--eval_every", type=int, default=1000, help="steps between held-out loss/perplexity")
+    g.add_argument("--save_every", type=int, default=1000, help="steps between checkpoints")
+    g.add_argument("--keep_checkpoints", type=int, default=5, help="checkpoints kept (oldest removed)")
+    g.add_argument("--seed", type=int, default=0, help="seed for initialisation, data order and jitter")
+
+
+def run(main: Callable[[argparse.Namespace], None], argument_parser: argparse.ArgumentParser) -> None:
+    """Parse flags and run ``main``; a UserError becomes one line on stderr and exit status 2."""
+    args = argument_parser.parse_args()
+    try:
+        main(args)
+    except UserError as error:
+        print(f"{argument_parser.prog}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"{argument_parser.prog}: interrupted", file=sys.stderr)
+        sys.exit(130)

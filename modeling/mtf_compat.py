@@ -1,0 +1,115 @@
+"""The one door through which the project imports TensorFlow and Mesh TensorFlow.
+
+mesh-tensorflow 0.1.21 (its last release, 2021) does not import on current TensorFlow, and its
+PlacementMeshImpl has a read/write race. This module fixes both, minimally, before anything else
+touches the library:
+
+1. TF >= 2.13 moved ``register_tensor_conversion_function`` from ``tensorflow.python.framework.ops``
+   to ``tensor_conversion_registry``; ``mesh_tensorflow.tpu_variables`` still calls the old name.
+2. TF >= 2.16 dropped ``tf.compat.v1.estimator``; mesh-tf only uses ``SessionRunHook``,
+   ``CheckpointSaverListener`` and ``ModeKeys`` from it. The first two live on in
+   ``tf.compat.v1.train``; ``ModeKeys`` is three strings.
+3. ``PlacementMeshImpl.LaidOutVariable`` hands the slice *variables* to every consumer, so each
+   consumer issues its own read, unordered against the optimizer's assignments in the same
+   ``session.run``: gradients are sometimes computed from already-updated weights. Our
+   ``PlacementMeshImpl`` reads every slice once per step, shares that read with all consumers, and
+   makes every assignment wait for it. Resource variables copy on write, so the shared read keeps
+   the step's old value.
+
+Graphs are built under an explicit ``tf.Graph()`` and run with ``tf.compat.v1.Session``; v2
+behaviour stays on (ref variables would make the race unfixable).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import types
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow without its C++ start-up lines, unless the user set TF_CPP_MIN_LOG_LEVEL.
+
+    Current TensorFlow prints oneDNN/CUDA notices through absl before TF_CPP_MIN_LOG_LEVEL is read,
+    so the process's stderr is muted for the duration of the import (a Python error still shows:
+    its traceback is printed after stderr is restored).
+    """
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+        import tensorflow  # noqa: F401, PLC0415
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401, PLC0415
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+_import_tensorflow_quietly()
+
+import tensorflow.compat.v1 as tf  # noqa: E402
+from tensorflow.python.framework import ops as _tf_ops  # noqa: E402
+from tensorflow.python.framework import tensor_conversion_registry as _registry  # noqa: E402
+
+__all__ = ["tf", "mtf", "PlacementMeshImpl", "SimdMeshImpl"]
+
+
+def _install_import_shims() -> None:
+    """Give current TensorFlow the two names mesh-tf 0.1.21 expects."""
+    if not hasattr(_tf_ops, "register_tensor_conversion_function"):
+        _tf_ops.register_tensor_conversion_function = _registry.register_tensor_conversion_function
+    if "tensorflow.compat.v1.estimator" not in sys.modules and not hasattr(tf, "estimator"):
+        estimator = types.ModuleType("tensorflow.compat.v1.estimator")
+        estimator.SessionRunHook = tf.train.SessionRunHook
+        estimator.CheckpointSaverListener = tf.train.CheckpointSaverListener
+        estimator.ModeKeys = types.SimpleNamespace(TRAIN="train", EVAL="eval", PREDICT="infer")
+        sys.modules[estimator.__name__] = estimator
+        tf.estimator = estimator
+
+
+_install_import_shims()
+
+import mesh_tensorflow as mtf  # noqa: E402
+from mesh_tensorflow import placement_mesh_impl as _placement  # noqa: E402
+
+logging.getLogger("tensorflow").setLevel(logging.ERROR)  # mesh-tf logs every lowered op at INFO
+tf.logging.set_verbosity(tf.logging.ERROR)
+
+
+class _ReadOnceLaidOutVariable(_placement.PlacementMeshImpl.LaidOutVariable):
+    """Slice variables read once per step; assignments ordered after that read."""
+
+    _slice_reads: tuple = ()  # empty while the base constructor builds copy_master_to_slices
+
+    def __init__(self, variable, mesh_impl):
+        super().__init__(variable, mesh_impl)  # self._laid_out_tensor keeps the slice variables
+        reads = []
+        for device, slice_variable in zip(mesh_impl.devices, self._laid_out_tensor.all_slices):
+            with tf.device(device):
+                reads.append(slice_variable.read_value())
+        self._slice_reads = tuple(reads)
+
+    @property
+    def laid_out_tensor(self):
+        """What every consumer sees: the one shared read of each slice."""
+        return self._mesh_impl.LaidOutTensor(list(self._slice_reads))
+
+    def assign_to_slices(self, assign_fn, values):
+        with tf.control_dependencies(self._slice_reads):
+            return tf.group(mtf.parallel(
+                self._mesh_impl.devices, assign_fn, [self._variable] * len(values),
+                self._laid_out_tensor.all_slices, values))
+
+
+class PlacementMeshImpl(_placement.PlacementMeshImpl):
+    """mesh-tf's CPU/GPU mesh with the read-once fix (see the module docstring)."""
+
+    LaidOutVariable = _ReadOnceLaidOutVariable
+
+
+SimdMeshImpl = mtf.simd_mesh_impl.SimdMeshImpl
