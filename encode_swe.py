@@ -36,7 +36,7 @@ import sys
 import tempfile
 import unicodedata
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 REPO_DIR = Path(__file__).resolve().parent
 DEFAULT_VOCABULARY = REPO_DIR / "ja-swe36k.txt"
@@ -650,8 +650,8 @@ def count_corpus(paths: Sequence[str | os.PathLike], progress: bool | None = Non
             sizes.append(os.path.getsize(path))
         except OSError as error:
             raise TokenizerError(f"cannot read corpus file {path}: {error.strerror}; check the path") from None
-    with tqdm(total=sum(sizes), unit="B", unit_scale=True, desc="counting", disable=progress is False
-              if progress is not None else None) as bar:
+    disable = None if progress is None else not progress   # None: a bar only on a terminal
+    with tqdm(total=sum(sizes), unit="B", unit_scale=True, desc="counting", disable=disable) as bar:
         for path in paths:
             for line in _read_lines(path):
                 chars.update(line)
@@ -853,7 +853,7 @@ def write_output(path: str | None, text: str, overwrite: bool) -> None:
         return
     check_output_path(path, overwrite)
     target = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent if str(target.parent) else ".")
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
         with os.fdopen(handle, "w", encoding="utf-8", newline="") as f:
             f.write(text)
@@ -964,11 +964,11 @@ def command_build_vocab(args: argparse.Namespace) -> None:
     lines = build_vocabulary(args.input, args.size, emoji, min_count=args.min_count)
     encoder = SWEEncoder(lines, emoji, where=f"built vocabulary {args.output}")
     dead = encoder.dead_ids()
-    write_output(args.output, "\n".join(lines), args.overwrite)
-    print(f"wrote {args.output}: {len(lines)} ids, {sum(len(split_vocabulary_line(l)) for l in lines)} "
-          f"spellings, {len(dead)} dead ids", file=sys.stderr)
     if dead:
         raise TokenizerError(f"{len(dead)} dead ids (first: {dead[:5]}); this is a bug in build-vocab")
+    write_output(args.output, "\n".join(lines), args.overwrite)
+    spellings = sum(len(split_vocabulary_line(line)) for line in lines)
+    print(f"wrote {args.output}: {len(lines)} ids, {spellings} spellings, 0 dead ids", file=sys.stderr)
 
 
 def command_build_emoji(args: argparse.Namespace) -> None:

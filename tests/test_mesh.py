@@ -57,8 +57,10 @@ def test_multi_device_training_matches_one_device():
     single, multi = train_tiny("1x1", steps=6), train_tiny(MULTI, steps=6)
     np.testing.assert_allclose(multi.losses, single.losses, rtol=1e-5)
     assert single.losses[-1] < single.losses[0]  # it really trains
+    # Weights: Adam divides by sqrt(v) + 1e-6, so for a weight whose gradient is ~0 a rounding-level
+    # difference in the gradient (the meshes sum in different orders) moves it by up to ~lr * 1e-3.
     for name, value in single.weights.items():
-        np.testing.assert_allclose(multi.weights[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(multi.weights[name], value, rtol=1e-5, atol=1e-4, err_msg=name)
 
 
 def test_repeated_multi_device_runs_are_bitwise_identical():
