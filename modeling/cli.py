@@ -8,11 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_VOCABULARY = str(REPO / "ja-swe36k.txt")
-DEFAULT_EMOJI = str(REPO / "emoji.json")
+from encode_swe import DEFAULT_EMOJI, DEFAULT_VOCABULARY
+
 DEFAULT_LAYOUT = "batch:batch;heads:model;experts:model"
 
 

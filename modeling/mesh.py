@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from modeling.mtf_compat import PlacementMeshImpl, SimdMeshImpl, mtf, tf
+from modeling.mtf_compat import PlacementMeshImpl, SimdMeshImpl, deterministic_session_config, mtf, tf
 
 from modeling.cli import DEFAULT_LAYOUT
 
@@ -77,7 +77,7 @@ def session_config(num_cpu_devices: int = 1) -> tf.ConfigProto:
     """A session config with ``num_cpu_devices`` logical CPU devices (``/cpu:0`` … ``/cpu:N-1``)."""
     config = tf.ConfigProto(device_count={"CPU": max(1, num_cpu_devices)},
                             allow_soft_placement=False)
-    return config
+    return deterministic_session_config(config)  # run-to-run identical sums, see mtf_compat
 
 
 def _local_devices(size: int) -> tuple[list[str], tf.ConfigProto]:

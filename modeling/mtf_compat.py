@@ -15,6 +15,15 @@ touches the library:
    ``PlacementMeshImpl`` reads every slice once per step, shares that read with all consumers, and
    makes every assignment wait for it. Resource variables copy on write, so the shared read keeps
    the step's old value.
+4. Grappler's arithmetic optimizer (its ``AddOpsRewrite`` stage) fuses trees of ``Add`` (the
+   placement allreduce, residual adds, gradient accumulation, across Recvs from the other logical
+   devices) into multi-input ``AddN`` nodes, and TensorFlow's CPU ``AddN`` kernel reuses the first
+   input whose buffer nobody else holds *and moves it to the front of the sum*. Whether a Recv'd or
+   shared input is still held elsewhere depends on thread scheduling, so the summation order, and
+   thus the last bits of activations and gradients, changed from run to run (replicated slices such
+   as ``wte`` even drifted apart across devices). ``deterministic_session_config`` turns that
+   optimizer off; mesh-tf itself never emits ``AddN``, so every sum is then a two-input ``AddV2``,
+   which is commutative and bitwise reproducible whichever buffer it reuses.
 
 Graphs are built under an explicit ``tf.Graph()`` and run with ``tf.compat.v1.Session``; v2
 behaviour stays on (ref variables would make the race unfixable).
@@ -53,10 +62,11 @@ def _import_tensorflow_quietly() -> None:
 _import_tensorflow_quietly()
 
 import tensorflow.compat.v1 as tf  # noqa: E402
+from tensorflow.core.protobuf import rewriter_config_pb2 as _rewriter_config  # noqa: E402
 from tensorflow.python.framework import ops as _tf_ops  # noqa: E402
 from tensorflow.python.framework import tensor_conversion_registry as _registry  # noqa: E402
 
-__all__ = ["tf", "mtf", "PlacementMeshImpl", "SimdMeshImpl"]
+__all__ = ["tf", "mtf", "PlacementMeshImpl", "SimdMeshImpl", "deterministic_session_config"]
 
 
 def _install_import_shims() -> None:
@@ -113,3 +123,14 @@ class PlacementMeshImpl(_placement.PlacementMeshImpl):
 
 
 SimdMeshImpl = mtf.simd_mesh_impl.SimdMeshImpl
+
+
+def deterministic_session_config(config: tf.ConfigProto) -> tf.ConfigProto:
+    """Turn off Grappler's arithmetic optimizer in ``config`` (in place) and return it.
+
+    Its ``AddOpsRewrite`` builds multi-input ``AddN`` nodes, whose CPU kernel sums in an order that
+    depends on which input buffer happens to be reusable at run time (point 4 of the module
+    docstring). Every other Grappler pass stays on.
+    """
+    config.graph_options.rewrite_options.arithmetic_optimization = _rewriter_config.RewriterConfig.OFF
+    return config
