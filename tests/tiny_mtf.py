@@ -14,7 +14,7 @@ from modeling import checkpoint
 from modeling.mesh import make_mesh
 from modeling.mtf_compat import mtf, tf
 
-LAYOUT = "batch:batch;heads:model"
+LAYOUT = "batch:batch;heads:model;d_ff:model"
 BATCH, LENGTH, D_MODEL, HEADS, D_KV, D_FF, VOCAB = 4, 8, 16, 4, 4, 32, 32
 
 
