@@ -15,9 +15,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from modeling.mtf_compat import PlacementMeshImpl, SimdMeshImpl, deterministic_session_config, mtf, tf
-
 from modeling.cli import DEFAULT_LAYOUT
+from modeling.mtf_compat import PlacementMeshImpl, SimdMeshImpl, deterministic_session_config, mtf, tf
 
 
 class MeshError(ValueError):
@@ -97,7 +96,7 @@ def _tpu_mesh(shape: mtf.Shape, layout: mtf.LayoutRules, tpu: str) -> MeshSetup:
 
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu)
     master = resolver.master()
-    config = tf.ConfigProto(isolate_session_state=True)
+    config = deterministic_session_config(tf.ConfigProto(isolate_session_state=True))
     cluster = resolver.cluster_spec()
     if cluster:
         config.cluster_def.CopyFrom(cluster.as_cluster_def())
