@@ -80,7 +80,12 @@ def session_config(num_cpu_devices: int = 1) -> tf.ConfigProto:
 
 
 def _local_devices(size: int) -> tuple[list[str], tf.ConfigProto]:
-    """GPU devices when there are enough, otherwise ``size`` logical CPU devices."""
+    """GPU devices when there are enough, otherwise ``size`` logical CPU devices.
+
+    One device is named "" so that mesh-tf uses the master variables as the slices (no second copy).
+    """
+    if size == 1:
+        return [""], session_config(1)
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         if len(gpus) < size:

@@ -1,0 +1,378 @@
+"""The GPTSAN network on Mesh TensorFlow (``../shared/spec/gptsan-model.md`` §3).
+
+A stack of Switch layers, then optional dense "extra" layers. Every layer is the same skeleton,
+with the LayerNorm on the sub-layer output before the residual add and no final norm::
+
+    x += LN_an(SelfAttention(x));   x += LN_ln(FFN(x))
+
+Attention is a hybrid prefix-LM mask: tokens before the segmenter see each other both ways, the rest
+is causal. An optional spout vector becomes one extra key/value slot in front of every layer's
+memory. Variable names and shapes are the original checkpoint's (``model/att0/qkv/kernel`` …).
+
+Tensor dimensions are named; the layout maps ``batch``, ``heads`` and ``experts`` to mesh axes, so
+the same code runs data- and model-parallel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from modeling.config import ModelConfig
+from modeling.mtf_compat import mtf, tf
+
+# ---------------------------------------------------------------------------------------------------
+# Dimensions. Names that the layout may split: batch, heads, experts.
+# ---------------------------------------------------------------------------------------------------
+
+
+def dim(name: str, size: int) -> mtf.Dimension:
+    return mtf.Dimension(name, size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dims:
+    """The fixed-size dimensions of one model."""
+
+    config: ModelConfig
+
+    def __getattr__(self, name):  # only called for names not found normally
+        c = self.config
+        sizes = {"d_model": c.num_hidden, "d_model_out": c.num_hidden, "heads": c.num_header,
+                 "d_kv": c.head_size, "qkv": 3, "experts": c.num_experts, "expert_hidden": c.expert_size,
+                 "ext_hidden": c.ext_size, "vocab": c.num_vocabulary, "positions": c.num_contexts,
+                 "spout": c.num_spout, "spout_out": c.num_spout,
+                 "pasts_out": c.num_layers * 2 * c.num_hidden}
+        if name not in sizes:
+            raise AttributeError(name)
+        return dim(name, sizes[name])
+
+
+@dataclasses.dataclass
+class Outputs:
+    """What one forward pass exports."""
+
+    logits: mtf.Tensor                  # [batch, length, vocab], float32
+    hidden: list[mtf.Tensor]            # per layer: [batch, length, d_model] after the FFN residual
+    aux_loss: mtf.Tensor                # scalar: load-balancing (+ router z) losses of all Switch layers
+    presents: list[tuple[mtf.Tensor, mtf.Tensor]]  # per layer: keys, values of the inputs [b, heads, memory, d_kv]
+    expert_fraction: list[mtf.Tensor]   # per Switch layer: [experts] share of real tokens routed there
+    dropped_fraction: list[mtf.Tensor]  # per Switch layer: scalar share of real tokens over capacity
+
+
+# ---------------------------------------------------------------------------------------------------
+# Variables, named and initialised as the original (spec §3.10, §4.2).
+# ---------------------------------------------------------------------------------------------------
+
+
+def _normal(stddev: float) -> tf.keras.initializers.Initializer:
+    return tf.random_normal_initializer(stddev=stddev)
+
+
+def variable(mesh: mtf.Mesh, name: str, dims: list[mtf.Dimension], initializer, dtype) -> mtf.Tensor:
+    return mtf.get_variable(mesh, name, mtf.Shape(dims), initializer=initializer, dtype=dtype)
+
+
+def fan_in_truncated_normal(fan_in: int):
+    """Mesh TensorFlow's default for expert kernels: truncated normal with std 1/sqrt(fan_in)."""
+    return tf.truncated_normal_initializer(stddev=fan_in ** -0.5)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Building blocks.
+# ---------------------------------------------------------------------------------------------------
+
+
+def layer_norm(x: mtf.Tensor, d_model: mtf.Dimension, epsilon: float, dtype) -> mtf.Tensor:
+    """g * (x - mean) / sqrt(var + eps) + b over d_model, computed in float32 (variables ``g``, ``b``)."""
+    g = variable(x.mesh, "g", [d_model], tf.ones_initializer(), dtype)
+    b = variable(x.mesh, "b", [d_model], tf.zeros_initializer(), dtype)
+    x32 = mtf.cast(x, tf.float32)
+    centred = x32 - mtf.reduce_mean(x32, reduced_dim=d_model)
+    variance = mtf.reduce_mean(mtf.square(centred), reduced_dim=d_model)
+    normed = centred * mtf.rsqrt(variance + epsilon)
+    return mtf.cast(normed * mtf.cast(g, tf.float32) + mtf.cast(b, tf.float32), x.dtype)
+
+
+def swish(x: mtf.Tensor) -> mtf.Tensor:
+    return x * mtf.sigmoid(x)
+
+
+@dataclasses.dataclass
+class AttentionMask:
+    """Which memory columns each query sees: ``m <= q`` (causal) or ``m < prefix`` (bidirectional prefix).
+
+    ``query_index`` and ``memory_index`` are token indices (the spout slot has index -1, so every
+    query sees it); ``prefix`` is n_b, the index of the segmenter. The prefix is counted in tokens,
+    not memory columns, so a spout does not cost the last prefix token its bidirectionality (D1).
+    """
+
+    query_index: mtf.Tensor    # [length] or [batch, length], int32
+    memory_index: mtf.Tensor   # [memory] or [batch, memory], int32
+    prefix: mtf.Tensor         # [batch], int32
+
+    def visible(self, dtype) -> mtf.Tensor:
+        """1.0 where the query sees the memory column, else 0.0: [batch, length, memory]."""
+        causal = mtf.cast(mtf.less_equal(self.memory_index, self.query_index,
+                                         output_shape=self.query_index.shape + self.memory_index.shape), dtype)
+        prefix = mtf.cast(mtf.less(self.memory_index, self.prefix,
+                                   output_shape=self.prefix.shape + self.memory_index.shape), dtype)
+        return causal + prefix - causal * prefix  # logical or, broadcast over batch and length
+
+
+def attention(x: mtf.Tensor, dims: Dims, mask: AttentionMask, past: tuple[mtf.Tensor, mtf.Tensor] | None,
+              dtype: mtf.VariableDType) -> tuple[mtf.Tensor, tuple[mtf.Tensor, mtf.Tensor]]:
+    """Self-attention with a fused qkv kernel [d, 3, H, d_h] and output kernel [H, d_h, d] (no biases).
+
+    ``past`` keys/values [batch, heads, memory, d_kv] go in front of this input's own. Returns the
+    output and this input's keys/values (``present``).
+    """
+    batch, length = x.shape.dims[0], x.shape.dims[1]
+    memory = dim("memory", length.size)
+    w_qkv = variable(x.mesh, "qkv/kernel", [dims.d_model, dims.qkv, dims.heads, dims.d_kv], _normal(0.02), dtype)
+    w_o = variable(x.mesh, "o/kernel", [dims.heads, dims.d_kv, dims.d_model], _normal(0.02), dtype)
+
+    def project(index: int) -> mtf.Tensor:
+        w = mtf.slice(w_qkv, index, 1, "qkv")  # einsum sums the size-1 'qkv' dimension away
+        return mtf.einsum([x, w], mtf.Shape([batch, dims.heads, length, dims.d_kv]))
+
+    q = project(0)
+    k = mtf.rename_dimension(project(1), "length", "memory")
+    v = mtf.rename_dimension(project(2), "length", "memory")
+    present = (k, v)
+    if past is not None:
+        k, v = (mtf.concat([mtf.cast(p, k.dtype), t], "memory") for p, t in zip(past, (k, v)))
+        memory = k.shape.dims[2]
+    scores = mtf.einsum([mtf.cast(q, tf.float32), mtf.cast(k, tf.float32)],
+                        mtf.Shape([batch, dims.heads, length, memory])) * (1.0 / math.sqrt(dims.d_kv.size))
+    visible = mask.visible(tf.float32)
+    weights = mtf.softmax(scores * visible - 10000.0 * (1.0 - visible), memory)
+    context = mtf.einsum([mtf.cast(weights, x.dtype), v], mtf.Shape([batch, dims.heads, length, dims.d_kv]))
+    return mtf.einsum([context, w_o], x.shape), present
+
+
+def routing_groups(batch: int, length: int, group_size: int, batch_split: int) -> int:
+    """Number of routing groups G (spec §3.5): at least B*T / group_size, dividing B*T, a multiple of
+    the mesh axis carrying ``batch``."""
+    tokens = batch * length
+    groups = max(1, tokens // group_size)
+    while tokens % groups or groups % batch_split:
+        groups += 1
+    return groups
+
+
+def expert_capacity(group_size: int, num_experts: int, factor: float, minimum: int) -> int:
+    """Slots per expert per group: max(minimum, min(S_g, floor(S_g * factor / E)))."""
+    return max(minimum, min(group_size, int(group_size * factor / num_experts)))
+
+
+@dataclasses.dataclass
+class Routing:
+    """Top-1 routing of one group batch: dispatch/combine tensors, the auxiliary loss and statistics."""
+
+    dispatch: mtf.Tensor       # [groups, group, experts, capacity] 0/1
+    combine: mtf.Tensor        # dispatch * gate
+    aux_loss: mtf.Tensor
+    expert_fraction: mtf.Tensor
+    dropped_fraction: mtf.Tensor
+
+
+def route(router_logits: mtf.Tensor, nonpadding: mtf.Tensor, dims: Dims, capacity: int,
+          config: ModelConfig) -> Routing:
+    """Switch top-1 routing in float32; tokens enter their expert in group order up to ``capacity``.
+
+    Padding (``nonpadding`` = 0) is routed nowhere and counts in no statistic, so it never takes a
+    slot from a real token (an original defect, D18).
+    """
+    groups, group = router_logits.shape.dims[:2]
+    experts = dims.experts
+    capacity_dim = dim("capacity", capacity)
+    probs = mtf.softmax(router_logits, experts)
+    gate, index = mtf.top_1(probs, experts)
+    expert_mask = mtf.one_hot(index, experts, dtype=tf.float32) * nonpadding     # [groups, group, experts]
+    position = (mtf.cumsum(expert_mask, group) - 1.0) * expert_mask                 # slot in the expert
+    kept = expert_mask * mtf.cast(mtf.less(position, float(capacity)), tf.float32)
+    dispatch = kept * mtf.one_hot(mtf.cast(position, tf.int32), capacity_dim, dtype=tf.float32)
+    tokens = mtf.maximum(mtf.reduce_sum(nonpadding, reduced_dim=group), 1.0)     # [groups]
+    density = mtf.reduce_sum(expert_mask, reduced_dim=group) / tokens              # f: share routed to e
+    density_proxy = mtf.reduce_sum(probs * nonpadding, reduced_dim=group) / tokens  # P: mean probability
+    aux_loss = config.moe_loss_coef * experts.size ** 2 * mtf.reduce_mean(density * density_proxy)
+    if config.router_z_loss_coef:
+        z = mtf.square(mtf.reduce_logsumexp(router_logits, experts))
+        aux_loss += config.router_z_loss_coef * mtf.reduce_sum(z * nonpadding) / mtf.maximum(
+            mtf.reduce_sum(nonpadding), 1.0)
+    real = mtf.maximum(mtf.reduce_sum(nonpadding), 1.0)
+    return Routing(dispatch=dispatch, combine=dispatch * gate, aux_loss=aux_loss,
+                   expert_fraction=mtf.reduce_sum(expert_mask, output_shape=[experts]) / real,
+                   dropped_fraction=1.0 - mtf.reduce_sum(kept) / real)
+
+
+def switch_ffn(x: mtf.Tensor, dims: Dims, config: ModelConfig, nonpadding: mtf.Tensor, groups: int,
+               capacity: int, jitter: mtf.Tensor | None, dtype: mtf.VariableDType) -> tuple[mtf.Tensor, Routing]:
+    """Top-1 mixture of ReLU experts plus the dense tanh "softmlp" bypass (spec §3.5)."""
+    batch, length = x.shape.dims[:2]
+    group = dim("group", batch.size * length.size // groups)
+    grouped_shape = [dim("batch", groups), group]
+    xg = mtf.reshape(x, grouped_shape + [dims.d_model])
+    router_input = mtf.cast(xg, tf.float32)
+    if jitter is not None:
+        router_input *= mtf.reshape(jitter, grouped_shape + [dims.d_model])
+    w_gate = variable(x.mesh, "switch_gating/kernel", [dims.d_model, dims.experts],
+                      fan_in_truncated_normal(dims.d_model.size), dtype)
+    router_logits = mtf.einsum([router_input, mtf.cast(w_gate, tf.float32)],
+                               mtf.Shape(grouped_shape + [dims.experts]))
+    routing = route(router_logits, mtf.reshape(nonpadding, grouped_shape), dims, capacity, config)
+
+    w_i = variable(x.mesh, "wi/kernel", [dims.experts, dims.d_model, dims.expert_hidden],
+                   fan_in_truncated_normal(dims.d_model.size), dtype)
+    w_o = variable(x.mesh, "wo/kernel", [dims.experts, dims.expert_hidden, dims.d_model],
+                   fan_in_truncated_normal(dims.expert_hidden.size), dtype)
+    slots = [dims.experts, grouped_shape[0], routing.dispatch.shape.dims[-1]]
+    expert_in = mtf.einsum([xg, mtf.cast(routing.dispatch, x.dtype)], mtf.Shape(slots + [dims.d_model]))
+    hidden = mtf.relu(mtf.einsum([expert_in, w_i], mtf.Shape(slots + [dims.expert_hidden])))
+    expert_out = mtf.einsum([hidden, w_o], mtf.Shape(slots + [dims.d_model]))
+    moe = mtf.einsum([expert_out, mtf.cast(routing.combine, x.dtype)], mtf.Shape(grouped_shape + [dims.d_model]))
+
+    w_soft = variable(x.mesh, "softmlp/kernel", [dims.d_model, dims.d_model_out], _normal(0.01), dtype)
+    bypass = mtf.tanh(mtf.einsum([x, w_soft], mtf.Shape([batch, length, dims.d_model_out])))
+    return mtf.reshape(moe, x.shape) + mtf.rename_dimension(bypass, "d_model_out", "d_model"), routing
+
+
+def ext_ffn(x: mtf.Tensor, dims: Dims, dtype: mtf.VariableDType) -> mtf.Tensor:
+    """Dense FFN of the extra layers: swish(x W1 + b1) W2 + b2 (scopes ``p1``, ``p2``)."""
+    batch, length = x.shape.dims[:2]
+    w1 = variable(x.mesh, "p1/kernel", [dims.d_model, dims.ext_hidden], _normal(0.02), dtype)
+    b1 = variable(x.mesh, "p1/bias", [dims.ext_hidden], tf.zeros_initializer(), dtype)
+    w2 = variable(x.mesh, "p2/kernel", [dims.ext_hidden, dims.d_model], _normal(0.02), dtype)
+    b2 = variable(x.mesh, "p2/bias", [dims.d_model], tf.zeros_initializer(), dtype)
+    h = swish(mtf.einsum([x, w1], mtf.Shape([batch, length, dims.ext_hidden])) + b1)
+    return mtf.einsum([h, w2], x.shape) + b2
+
+
+def spout_pasts(spout: mtf.Tensor, dims: Dims, num_layers: int, dtype) -> list[tuple[mtf.Tensor, mtf.Tensor]]:
+    """The spout MLP (scope ``pasts``): 8 tanh layers, then one projection to a key and a value per
+    layer and head, used directly as a one-slot past (spec §3.7)."""
+    batch = spout.shape.dims[0]
+    h = mtf.cast(spout, tf.float32)
+    with tf.variable_scope("pasts"):
+        for k in range(8):
+            w = variable(h.mesh, f"mlp{k}/kernel", [dims.spout, dims.spout_out], _normal(0.01), dtype)
+            h = mtf.rename_dimension(mtf.tanh(mtf.einsum([h, mtf.cast(w, tf.float32)],
+                                                         mtf.Shape([batch, dims.spout_out]))), "spout_out", "spout")
+        w_out = variable(h.mesh, "out/kernel", [dims.spout, dims.pasts_out], _normal(0.01), dtype)
+        out = mtf.einsum([h, mtf.cast(w_out, tf.float32)], mtf.Shape([batch, dims.pasts_out]))
+    layers, kv, one = dim("layers", num_layers), dim("kv", 2), dim("memory", 1)
+    out = mtf.reshape(out, [batch, layers, kv, dims.heads, one, dims.d_kv])
+
+    def pick(t: mtf.Tensor, d: mtf.Dimension, i: int) -> mtf.Tensor:
+        return mtf.reshape(mtf.slice(t, i, 1, d.name), t.shape - d)
+
+    return [tuple(pick(pick(out, layers, layer), kv, i) for i in range(2)) for layer in range(num_layers)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The whole network.
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Inputs:
+    """One batch, as Mesh TensorFlow tensors."""
+
+    tokens: mtf.Tensor                  # [batch, length] int32
+    prefix: mtf.Tensor                  # [batch] int32: n_b, the index of the segmenter (0 = plain LM)
+    nonpadding: mtf.Tensor              # [batch, length] float32: 0 at padding (takes no expert capacity)
+    spout: mtf.Tensor | None = None     # [batch, spout] float32
+
+
+def forward(mesh: mtf.Mesh, config: ModelConfig, inputs: Inputs, *, training: bool = False,
+            batch_split: int = 1, jitter_seed: tf.Tensor | None = None,
+            activation_dtype=tf.float32) -> Outputs:
+    """The network from token ids to logits (spec §3).
+
+    ``batch_split`` is the size of the mesh axis that carries ``batch`` (routing groups are a
+    multiple of it). In training, tokens are routed in groups of ``expert_group_size`` across the
+    batch, as the original; at inference each sequence is its own group, so a sequence's output does
+    not depend on the rest of the batch. ``jitter_seed`` (a stateless-random seed, shape [2]) turns
+    on the router-input jitter; the noise is drawn outside the mesh so every layout sees the same.
+    """
+    dims = Dims(config)
+    dtype = mtf.VariableDType(tf.float32, tf.float32, activation_dtype)
+    batch, length = inputs.tokens.shape.dims
+    if training:
+        groups = routing_groups(batch.size, length.size, config.expert_group_size, batch_split)
+        factor = config.capacity_factor_train
+    else:
+        groups, factor = batch.size, config.capacity_factor_eval
+    capacity = expert_capacity(batch.size * length.size // groups, config.num_experts, factor,
+                               config.min_expert_capacity)
+    has_spout = inputs.spout is not None
+    if has_spout and not config.num_spout:
+        raise ValueError("this model has no spout (num_spout is 0)")
+    offset = 1 if has_spout else 0
+
+    query_index = mtf.range(mesh, length, tf.int32)
+    memory_index = mtf.rename_dimension(query_index, "length", "memory")
+    if has_spout:
+        memory_index = mtf.concat([mtf.constant(mesh, -1, mtf.Shape([dim("memory", 1)]), tf.int32),
+                                   memory_index], "memory")
+    mask = AttentionMask(query_index, memory_index, inputs.prefix)
+    positions = query_index + offset   # with a spout, token positions start at 1
+
+    with tf.variable_scope("model"):
+        wte = variable(mesh, "wte", [dims.vocab, dims.d_model], _normal(0.02), dtype)
+        wpe = variable(mesh, "wpe", [dims.positions, dims.d_model], _normal(0.01), dtype)
+        x = mtf.gather(wte, inputs.tokens, dims.vocab) + mtf.gather(wpe, positions, dims.positions)
+        x = mtf.cast(x, activation_dtype)
+    pasts = spout_pasts(inputs.spout, dims, config.num_layers, dtype) if has_spout else [None] * config.num_layers
+
+    hidden, presents, fractions, dropped = [], [], [], []
+    aux_loss = mtf.constant(mesh, 0.0, dtype=tf.float32)
+    with tf.variable_scope("model"):
+        for layer in range(config.num_layers):
+            if layer == config.num_switch_layers:  # the extra position embedding enters the first extra layer
+                ete = variable(mesh, "ete", [dims.positions, dims.d_model], tf.zeros_initializer(), dtype)
+                x += mtf.cast(mtf.gather(ete, positions, dims.positions), activation_dtype)
+            with tf.variable_scope(f"att{layer}"):
+                a, present = attention(x, dims, mask, pasts[layer], dtype)
+            with tf.variable_scope(f"an{layer}"):
+                x += layer_norm(a, dims.d_model, config.layer_norm_epsilon, dtype)
+            if layer < config.num_switch_layers:
+                jitter = None
+                if training and jitter_seed is not None and config.router_jitter:
+                    jitter = _jitter(mesh, [batch, length, dims.d_model], config.router_jitter,
+                                     jitter_seed, layer)
+                with tf.variable_scope(f"moe{layer}"):
+                    f, routing = switch_ffn(x, dims, config, inputs.nonpadding, groups, capacity, jitter, dtype)
+                aux_loss += routing.aux_loss
+                fractions.append(routing.expert_fraction)
+                dropped.append(routing.dropped_fraction)
+            else:
+                with tf.variable_scope(f"mlp{layer}"):
+                    f = ext_ffn(x, dims, dtype)
+            with tf.variable_scope(f"ln{layer}"):
+                x += layer_norm(f, dims.d_model, config.layer_norm_epsilon, dtype)
+            hidden.append(x)
+            presents.append(present)
+        logits = output_head(x, wte, dims, dtype)
+    return Outputs(logits, hidden, aux_loss, presents, fractions, dropped)
+
+
+def output_head(x: mtf.Tensor, wte: mtf.Tensor, dims: Dims, dtype) -> mtf.Tensor:
+    """swish(x W_d + b_d) · wteᵀ + wob, in float32 (``dense/kernel``, ``dense_1/bias``, tied ``wte``)."""
+    batch, length = x.shape.dims[:2]
+    w_d = variable(x.mesh, "dense/kernel", [dims.d_model, dims.d_model_out], _normal(0.02), dtype)
+    b_d = variable(x.mesh, "dense_1/bias", [dims.d_model_out], tf.zeros_initializer(), dtype)
+    wob = variable(x.mesh, "wob", [dims.vocab], tf.zeros_initializer(), dtype)
+    x32 = mtf.cast(x, tf.float32)
+    u = swish(mtf.einsum([x32, mtf.cast(w_d, tf.float32)], mtf.Shape([batch, length, dims.d_model_out]))
+              + mtf.cast(b_d, tf.float32))
+    u = mtf.rename_dimension(u, "d_model_out", "d_model")
+    return mtf.einsum([u, mtf.cast(wte, tf.float32)], mtf.Shape([batch, length, dims.vocab])) + mtf.cast(wob, tf.float32)
+
+
+def _jitter(mesh: mtf.Mesh, dims: list[mtf.Dimension], amount: float, seed: tf.Tensor, layer: int) -> mtf.Tensor:
+    """Multiplicative router noise U(1 - amount, 1 + amount), the same on every mesh layout."""
+    noise = tf.random.stateless_uniform([d.size for d in dims], seed=seed + [0, 1 + layer],
+                                        minval=1.0 - amount, maxval=1.0 + amount)
+    return mtf.import_tf_tensor(mesh, noise, mtf.Shape(dims))

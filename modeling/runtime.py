@@ -1,0 +1,202 @@
+"""Running a model directory: find its files, check its checkpoint, lower the network on a mesh, restore.
+
+A model directory is the original's: ``parameters.json``, a TF ``checkpoint`` state file and its
+checkpoint, optionally its own ``ja-swe36k.txt`` and ``emoji.json``. Weights are restored straight
+into the variables (no initialiser runs first) and, on a one-device mesh, the slices *are* the master
+variables, so a model occupies its checkpoint size in memory once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from encode_swe import DEFAULT_EMOJI, DEFAULT_VOCABULARY, SWEEncoder, TokenizerError
+from modeling import model as network
+from modeling.cli import UserError
+from modeling.config import ModelConfig, Parameters, read_parameters
+from modeling.mesh import MeshSetup
+from modeling.mtf_compat import mtf, tf
+
+PARAMETERS_FILE = "parameters.json"
+VOCABULARY_FILE = "ja-swe36k.txt"
+EMOJI_FILE = "emoji.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelDir:
+    path: str
+    parameters: Parameters
+    checkpoint: str          # checkpoint prefix
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.parameters.model
+
+
+def latest_checkpoint(directory: str) -> str | None:
+    """The prefix named by ``directory/checkpoint``, resolved against the directory (relative paths)."""
+    state = tf.train.get_checkpoint_state(directory)
+    if not state or not state.model_checkpoint_path:
+        return None
+    path = state.model_checkpoint_path
+    return path if path.startswith(("/", "gs://")) or "://" in path else os.path.join(directory, path)
+
+
+def open_model_dir(path: str) -> ModelDir:
+    """Read and check a model directory; every problem is a one-line UserError."""
+    if not tf.io.gfile.isdir(path):
+        raise UserError(f"model directory {path} not found: pass --model DIR (a directory with "
+                        f"parameters.json and a checkpoint)")
+    parameters = read_parameters(os.path.join(path, PARAMETERS_FILE))
+    prefix = latest_checkpoint(path)
+    if prefix is None or not tf.io.gfile.exists(prefix + ".index"):
+        raise UserError(f"{path} has no checkpoint (no 'checkpoint' file naming an existing "
+                        f"<prefix>.index): train or export a model into it first")
+    return ModelDir(path, parameters, prefix)
+
+
+def load_tokenizer(model_dir: ModelDir, vocabulary: str | None = None, emoji: str | None = None) -> SWEEncoder:
+    """The tokenizer for ``model_dir``: explicit files, else the directory's own copies, else the project's."""
+    def pick(explicit: str | None, name: str, default: os.PathLike) -> str:
+        if explicit:
+            return explicit
+        own = os.path.join(model_dir.path, name)
+        return own if tf.io.gfile.exists(own) else str(default)
+
+    vocabulary, emoji = pick(vocabulary, VOCABULARY_FILE, DEFAULT_VOCABULARY), pick(emoji, EMOJI_FILE, DEFAULT_EMOJI)
+    try:
+        encoder = SWEEncoder.from_files(vocabulary, emoji)
+        encoder.check_gptsan_layout()
+    except TokenizerError as error:
+        raise UserError(str(error)) from None
+    if encoder.vocab_size != model_dir.config.num_vocabulary:
+        raise UserError(f"vocabulary {vocabulary} has {encoder.vocab_size} tokens but the model has "
+                        f"{model_dir.config.num_vocabulary}: pass the model's own --vocabulary")
+    return encoder
+
+
+def check_checkpoint(path: str, expected: dict[str, list[int]]) -> None:
+    """Every variable the graph needs is in the checkpoint ``path`` with the same shape."""
+    try:
+        found = dict(tf.train.list_variables(path))
+    except (tf.errors.OpError, ValueError) as error:
+        raise UserError(f"cannot read checkpoint {path}: {error.__class__.__name__}") from None
+    missing = sorted(set(expected) - set(found))
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise UserError(f"checkpoint {path} lacks {', '.join(missing[:3])}{more}: "
+                        f"it does not match parameters.json")
+    for name, shape in expected.items():
+        if list(found[name]) != list(shape):
+            raise UserError(f"checkpoint {path}: {name} has shape {list(found[name])}, parameters.json "
+                            f"implies {list(shape)}")
+
+
+@dataclasses.dataclass
+class Forward:
+    """One lowered forward pass of a fixed batch and length."""
+
+    batch_size: int
+    length: int
+    placeholders: dict[str, tf.Tensor]
+    tensors: dict[str, tf.Tensor]   # logits [B, T, V], hidden [B, L, T, d], aux_loss, and any added by callers
+
+
+class Runtime:
+    """A TF graph holding one model's variables and any number of lowered forward passes over them."""
+
+    def __init__(self, config: ModelConfig, mesh: MeshSetup, seed: int = 0):
+        self.config, self.mesh = config, mesh
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            tf.set_random_seed(seed)  # initialisers draw their op seeds from it when created
+        self.session: tf.Session | None = None
+        self._lowerings: list[mtf.Lowering] = []
+
+    def forward(self, batch_size: int, length: int, spout: bool = False, training: bool = False) -> Forward:
+        """Lower the network for [batch_size, length] inputs (with a spout input if asked).
+
+        ``training`` switches to training-time routing (groups across the batch, training capacity
+        factor); the router jitter needs a seed and belongs to the training loop.
+        """
+        c = self.config
+        if batch_size % self._batch_split():
+            raise UserError(f"batch size {batch_size} is not a multiple of the mesh's batch axis "
+                            f"({self._batch_split()}): change --batch_size or --mesh_shape")
+        with self.graph.as_default(), tf.variable_scope("", reuse=tf.AUTO_REUSE):
+            placeholders = {
+                "tokens": tf.placeholder(tf.int32, [batch_size, length], "tokens"),
+                "prefix": tf.placeholder(tf.int32, [batch_size], "prefix"),
+                "lengths": tf.placeholder(tf.int32, [batch_size], "lengths"),
+            }
+            if spout:
+                placeholders["spout"] = tf.placeholder(tf.float32, [batch_size, c.num_spout], "spout")
+            graph = mtf.Graph()
+            mesh = mtf.Mesh(graph, "mesh")
+            batch, time = mtf.Dimension("batch", batch_size), mtf.Dimension("length", length)
+            nonpadding = tf.sequence_mask(placeholders["lengths"], length, tf.float32)
+            inputs = network.Inputs(
+                tokens=mtf.import_tf_tensor(mesh, placeholders["tokens"], mtf.Shape([batch, time])),
+                prefix=mtf.import_tf_tensor(mesh, placeholders["prefix"], mtf.Shape([batch])),
+                nonpadding=mtf.import_tf_tensor(mesh, nonpadding, mtf.Shape([batch, time])),
+                spout=(mtf.import_tf_tensor(mesh, placeholders["spout"],
+                                            mtf.Shape([batch, network.Dims(c).spout])) if spout else None))
+            outputs = network.forward(mesh, c, inputs, training=training, batch_split=self._batch_split())
+            lowering = mtf.Lowering(graph, {mesh: self.mesh.mesh_impl})
+            self._lowerings.append(lowering)
+            tensors = {
+                "logits": lowering.export_to_tf_tensor(outputs.logits),
+                "hidden": tf.stack([lowering.export_to_tf_tensor(h) for h in outputs.hidden], axis=1),
+                "aux_loss": lowering.export_to_tf_tensor(outputs.aux_loss),
+            }
+        return Forward(batch_size, length, placeholders, tensors)
+
+    def _batch_split(self) -> int:
+        impl = self.mesh.mesh_impl
+        axis = impl.tensor_dimension_to_mesh_axis(mtf.Dimension("batch", 0))
+        return 1 if axis is None else impl.shape[axis].size
+
+    def variable_shapes(self) -> dict[str, list[int]]:
+        with self.graph.as_default():
+            return {v.op.name: v.shape.as_list() for v in tf.global_variables()}
+
+    def _start(self) -> tf.Session:
+        if self.session is None:
+            self.session = tf.Session(self.mesh.master, graph=self.graph, config=self.mesh.session_config)
+        return self.session
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Load every variable from ``checkpoint_path`` (original names) and lay it out over the mesh."""
+        check_checkpoint(checkpoint_path, self.variable_shapes())
+        with self.graph.as_default():
+            saver = tf.train.Saver(tf.global_variables())
+            copies = [lowering.copy_masters_to_slices() for lowering in self._lowerings]
+            session = self._start()
+            saver.restore(session, checkpoint_path)
+            session.run(copies)
+
+    def initialize(self) -> None:
+        """Random weights from the original's initialisers (tests, benchmarks, new models)."""
+        with self.graph.as_default():
+            init = tf.global_variables_initializer()
+            copies = [lowering.copy_masters_to_slices() for lowering in self._lowerings]
+        session = self._start()
+        session.run(init)
+        session.run(copies)
+
+    def run(self, forward: Forward, fetches: list[str], tokens: np.ndarray, prefix: np.ndarray,
+            lengths: np.ndarray, spout: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Run ``forward`` on one batch; returns the requested tensors as numpy arrays."""
+        feed = {forward.placeholders["tokens"]: tokens, forward.placeholders["prefix"]: prefix,
+                forward.placeholders["lengths"]: lengths}
+        if "spout" in forward.placeholders:
+            feed[forward.placeholders["spout"]] = spout
+        return self._start().run({name: forward.tensors[name] for name in fetches}, feed)
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
