@@ -6,6 +6,8 @@ Output: the original's four stdout sections, and optionally JSON (JSONL in batch
 
 from __future__ import annotations
 
+import json
+
 from modeling import cli
 
 
@@ -16,7 +18,9 @@ def build_parser():
     p.add_argument("--mask", default="[MASK]", help="literal marker replaced by <|inputmask|>")
     p.add_argument("--pos_vector", type=int, default=-1,
                    help="position (counting the start token) whose hidden states form output_vector; <0 = last")
-    p.add_argument("--input_file", default=None, help="batch mode: one text or JSON object per line; writes JSONL")
+    p.add_argument("--input_file", default=None,
+                   help="batch mode: one text, or one JSON object with 'context' (other keys are echoed), "
+                        "per line; writes JSONL to --output")
     p.add_argument("--batch_size", type=int, default=16, help="texts per forward pass in batch mode")
     p.add_argument("--output", default=None, help="JSON (or JSONL in batch mode) output file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
@@ -25,8 +29,85 @@ def build_parser():
     return p
 
 
+def read_inputs(path: str) -> list[tuple[str, dict]]:
+    """(context, other keys) for each non-empty line of a text or JSONL file."""
+    from modeling.mtf_compat import tf  # noqa: PLC0415
+
+    if not tf.io.gfile.exists(path):
+        raise cli.UserError(f"--input_file {path} not found")
+    items = []
+    with tf.io.gfile.GFile(path, "r") as f:
+        for number, line in enumerate(f, start=1):
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            if line.lstrip().startswith("{"):
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise cli.UserError(f"{path}:{number}: invalid JSON ({error.msg})") from None
+                if not isinstance(obj.get("context"), str):
+                    raise cli.UserError(f"{path}:{number}: a JSON line needs a string 'context'")
+                items.append((obj.pop("context"), obj))
+            else:
+                items.append((line, {}))
+    if not items:
+        raise cli.UserError(f"--input_file {path} has no non-empty lines")
+    return items
+
+
 def main(args) -> None:
-    raise cli.UserError("mask filling lands with issue 4; this front only documents its flags for now")
+    from tqdm import tqdm  # noqa: PLC0415
+
+    from modeling import files, languagemodel  # noqa: PLC0415
+    from modeling.mesh import MeshError, make_mesh  # noqa: PLC0415
+    from modeling.runtime import Runtime, load_tokenizer, open_model_dir  # noqa: PLC0415
+
+    if args.input_file and not args.output:
+        raise cli.UserError("batch mode (--input_file) needs --output for the JSONL results")
+    if args.batch_size < 1:
+        raise cli.UserError(f"--batch_size must be at least 1, got {args.batch_size}")
+    if args.output:
+        files.check_new_output(args.output, args.overwrite)
+    model_dir = open_model_dir(args.model)
+    config = model_dir.config
+    encoder = load_tokenizer(model_dir, args.vocabulary, args.emoji)
+    inputs = read_inputs(args.input_file) if args.input_file else [(args.context, {})]
+    examples = []
+    for number, (text, extra) in enumerate(inputs, start=1):
+        where = f"{args.input_file}:{number}" if args.input_file else "--context"
+        example = languagemodel.layout(encoder, text, args.mask, config.train_mode, config.num_contexts, where)
+        example.extra = extra
+        examples.append(example)
+    positions = [languagemodel.vector_position(e, args.pos_vector, f"input {i + 1}" if args.input_file
+                                               else "--context") for i, e in enumerate(examples)]
+
+    try:
+        mesh = make_mesh(args.mesh_shape, args.layout, args.tpu)
+    except MeshError as error:
+        raise cli.UserError(str(error)) from None
+    batch_size = min(args.batch_size, len(examples))
+    runtime = Runtime(config, mesh)
+    forward = runtime.forward(batch_size, max(len(e.tokens) for e in examples))
+    languagemodel.add_mask_fill_outputs(forward)
+    runtime.restore(model_dir.checkpoint)
+    mask_id = encoder.special_id("mask")
+
+    def results():
+        for start in range(0, len(examples), batch_size):
+            chunk = slice(start, start + batch_size)
+            for result in languagemodel.run_batch(runtime, forward, examples[chunk], positions[chunk], mask_id):
+                yield languagemodel.decode_result(encoder, result)
+
+    if not args.input_file:
+        result = next(results())
+        languagemodel.print_sections(result)
+        if args.output:
+            files.write_json(args.output, result)
+        return
+    with files.atomic_output(args.output) as out:
+        for result in tqdm(results(), total=len(examples), unit="text", desc="vectorising"):
+            out.write(json.dumps(result, ensure_ascii=False) + "\n")
 
 
 if __name__ == "__main__":

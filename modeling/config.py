@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any
 
 from modeling.cli import UserError
@@ -164,17 +163,7 @@ def read_parameters(path: str) -> Parameters:
         return parse_parameters(f.read(), path)
 
 
-def write_json_atomically(path: str, data: Any, overwrite: bool = True) -> None:
-    """Write ``data`` as indented JSON via a temporary file and a rename (local or ``gs://``)."""
-    from modeling.mtf_compat import tf  # noqa: PLC0415
-
-    if not overwrite and tf.io.gfile.exists(path):
-        raise UserError(f"{path} already exists: pass --overwrite to replace it")
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(temporary, "w") as f:
-        f.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
-    tf.io.gfile.rename(temporary, path, overwrite=True)
-
-
 def write_parameters(path: str, parameters: Parameters) -> None:
-    write_json_atomically(path, parameters.to_json())
+    from modeling.files import write_json  # noqa: PLC0415
+
+    write_json(path, parameters.to_json())

@@ -38,13 +38,14 @@ import types
 
 
 def _import_tensorflow_quietly() -> None:
-    """Import TensorFlow without its C++ start-up lines, unless the user set TF_CPP_MIN_LOG_LEVEL.
+    """Import TensorFlow without its C++ start-up lines, unless TF_CPP_MIN_LOG_LEVEL asks for them (0 or 1).
 
     Current TensorFlow prints oneDNN/CUDA notices through absl before TF_CPP_MIN_LOG_LEVEL is read,
     so the process's stderr is muted for the duration of the import (a Python error still shows:
-    its traceback is printed after stderr is restored).
+    its traceback is printed after stderr is restored). The level we set is inherited by child
+    processes, which therefore stay quiet too.
     """
-    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3") in ("0", "1"):
         import tensorflow  # noqa: F401, PLC0415
         return
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"

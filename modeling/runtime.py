@@ -99,6 +99,7 @@ def check_checkpoint(path: str, expected: dict[str, list[int]]) -> None:
 class Forward:
     """One lowered forward pass of a fixed batch and length."""
 
+    graph: tf.Graph         # add ops to it under graph.as_default()
     batch_size: int
     length: int
     placeholders: dict[str, tf.Tensor]
@@ -152,7 +153,7 @@ class Runtime:
                 "hidden": tf.stack([lowering.export_to_tf_tensor(h) for h in outputs.hidden], axis=1),
                 "aux_loss": lowering.export_to_tf_tensor(outputs.aux_loss),
             }
-        return Forward(batch_size, length, placeholders, tensors)
+        return Forward(self.graph, batch_size, length, placeholders, tensors)
 
     def _batch_split(self) -> int:
         impl = self.mesh.mesh_impl
@@ -188,12 +189,11 @@ class Runtime:
         session.run(copies)
 
     def run(self, forward: Forward, fetches: list[str], tokens: np.ndarray, prefix: np.ndarray,
-            lengths: np.ndarray, spout: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Run ``forward`` on one batch; returns the requested tensors as numpy arrays."""
-        feed = {forward.placeholders["tokens"]: tokens, forward.placeholders["prefix"]: prefix,
-                forward.placeholders["lengths"]: lengths}
-        if "spout" in forward.placeholders:
-            feed[forward.placeholders["spout"]] = spout
+            lengths: np.ndarray, spout: np.ndarray | None = None, **more: np.ndarray) -> dict[str, np.ndarray]:
+        """Run ``forward`` on one batch; ``more`` feeds placeholders added by callers (by name).
+        Returns the requested tensors as numpy arrays."""
+        arrays = dict(tokens=tokens, prefix=prefix, lengths=lengths, spout=spout, **more)
+        feed = {placeholder: arrays[name] for name, placeholder in forward.placeholders.items()}
         return self._start().run({name: forward.tensors[name] for name in fetches}, feed)
 
     def close(self) -> None:

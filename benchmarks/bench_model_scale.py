@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""GPTSAN-2.8B shapes on one CPU machine: checkpoint load time, forward time and peak memory.
+
+Writes (once) a checkpoint with exactly the released shapes (spec §4.2: 10 Switch layers, d 1024,
+16 heads, 16 experts of 8192, 36k vocabulary, 1280 positions, spout 128; random values), one
+variable at a time so that writing it needs little memory. Then, in a fresh process per case, opens
+it as a model directory, restores it and runs forward passes; the parent reads the child's peak
+resident memory. The target is peak <= 1.3x the checkpoint size.
+
+    python benchmarks/bench_model_scale.py [--dir /tmp/gptsan-2.8b-random] [--lengths 32 1280]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+RELEASE = {"num_contexts": 1280, "num_switch_layers": 10, "num_ext_layers": 0, "num_hidden": 1024,
+           "num_header": 16, "num_experts": 16, "num_pallarelizm": 1, "num_vocabulary": 36000,
+           "train_mode": "hybrid", "num_spout": 128}
+
+
+def release_shapes(p: dict) -> dict[str, list[int]]:
+    d, h, e, v, c, s, layers = (p["num_hidden"], p["num_header"], p["num_experts"], p["num_vocabulary"],
+                                p["num_contexts"], p["num_spout"], p["num_switch_layers"])
+    shapes = {"model/wte": [v, d], "model/wpe": [c, d], "model/wob": [v], "model/dense/kernel": [d, d],
+              "model/dense_1/bias": [d]}
+    for i in range(layers):
+        shapes.update({f"model/att{i}/qkv/kernel": [d, 3, h, d // h], f"model/att{i}/o/kernel": [h, d // h, d],
+                       f"model/an{i}/g": [d], f"model/an{i}/b": [d], f"model/ln{i}/g": [d], f"model/ln{i}/b": [d],
+                       f"model/moe{i}/switch_gating/kernel": [d, e], f"model/moe{i}/wi/kernel": [e, d, 8 * d],
+                       f"model/moe{i}/wo/kernel": [e, 8 * d, d], f"model/moe{i}/softmlp/kernel": [d, d]})
+    shapes.update({f"pasts/mlp{k}/kernel": [s, s] for k in range(8)})
+    shapes["pasts/out/kernel"] = [s, layers * 2 * d]
+    return shapes
+
+
+def write_release_checkpoint(directory: str) -> None:
+    """Random weights in the release's names and shapes, saved variable by variable, then merged."""
+    from tqdm import tqdm
+
+    from modeling.mtf_compat import tf
+
+    os.makedirs(directory, exist_ok=True)
+    shapes = release_shapes(RELEASE)
+    parts = []
+    for i, (name, shape) in enumerate(tqdm(shapes.items(), desc="writing 2.8B-shape checkpoint", unit="var")):
+        value = tf.ones(shape) if name.endswith("/g") else tf.random.normal(shape, stddev=0.02, seed=i)
+        part = os.path.join(directory, f"part-{i:03d}")
+        tf.raw_ops.SaveV2(prefix=part, tensor_names=[name], shape_and_slices=[""], tensors=[value])
+        parts.append(part)
+    tf.raw_ops.SaveV2(prefix=os.path.join(directory, "part-step"), tensor_names=["global_step"],
+                      shape_and_slices=[""], tensors=[tf.constant(0, tf.int64)])
+    parts.append(os.path.join(directory, "part-step"))
+    tf.raw_ops.MergeV2Checkpoints(checkpoint_prefixes=parts, destination_prefix=os.path.join(directory, "model"),
+                                  delete_old_dirs=False)
+    with open(os.path.join(directory, "checkpoint"), "w") as f:
+        f.write('model_checkpoint_path: "model"\nall_model_checkpoint_paths: "model"\n')
+    with open(os.path.join(directory, "parameters.json"), "w") as f:
+        json.dump({"train_params": {}, "model_params": RELEASE}, f)
+
+
+def checkpoint_bytes(directory: str) -> int:
+    return sum(os.path.getsize(os.path.join(directory, n)) for n in os.listdir(directory) if n.startswith("model."))
+
+
+def child(directory: str, length: int, repeats: int) -> None:
+    """Open, restore and run the model; print timings as JSON (peak memory is measured by the parent)."""
+    import numpy as np
+
+    from modeling.mesh import make_mesh
+    from modeling.runtime import Runtime, open_model_dir
+
+    started = time.perf_counter()
+    model_dir = open_model_dir(directory)
+    runtime = Runtime(model_dir.config, make_mesh(""))
+    forward = runtime.forward(1, length)
+    built = time.perf_counter()
+    runtime.restore(model_dir.checkpoint)
+    loaded = time.perf_counter()
+    tokens = np.random.RandomState(0).randint(0, 35993, size=(1, length)).astype(np.int32)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        runtime.run(forward, ["logits"], tokens, np.array([length // 2]), np.array([length]))
+        times.append(time.perf_counter() - t0)
+    print(json.dumps({"build_s": built - started, "load_s": loaded - built, "first_forward_s": times[0],
+                      "forward_s": min(times[1:] or times)}))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dir", default="/tmp/gptsan-2.8b-random", help="where the checkpoint is (written once)")
+    p.add_argument("--lengths", type=int, nargs="+", default=[32, 1280], help="sequence lengths to time")
+    p.add_argument("--repeats", type=int, default=3, help="forward passes per length (first one is warm-up)")
+    p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child is not None:
+        return child(args.dir, args.child, args.repeats)
+    if not os.path.exists(os.path.join(args.dir, "checkpoint")):
+        write_release_checkpoint(args.dir)
+    size = checkpoint_bytes(args.dir)
+    print(f"checkpoint: {size / 1e9:.2f} GB ({args.dir})")
+    print(f"{'tokens':>7} {'build s':>8} {'load s':>7} {'1st fwd s':>9} {'fwd s':>7} {'ms/token':>8} "
+          f"{'peak GB':>8} {'peak/ckpt':>9}")
+    for length in args.lengths:
+        proc = subprocess.Popen([sys.executable, __file__, "--dir", args.dir, "--child", str(length),
+                                 "--repeats", str(args.repeats)], stdout=subprocess.PIPE, text=True)
+        output = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak resident memory
+        if status:
+            sys.exit(f"child for {length} tokens failed")
+        peak = usage.ru_maxrss * 1024
+        r = json.loads(output.strip().splitlines()[-1])
+        print(f"{length:>7} {r['build_s']:>8.1f} {r['load_s']:>7.1f} {r['first_forward_s']:>9.2f} "
+              f"{r['forward_s']:>7.2f} {1000 * r['forward_s'] / length:>8.1f} {peak / 1e9:>8.2f} "
+              f"{peak / size:>9.2f}")
+
+
+if __name__ == "__main__":
+    main()

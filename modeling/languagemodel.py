@@ -1,0 +1,151 @@
+"""[MASK] filling and per-layer hidden states: the logic behind ``run_languagemodel.py`` (spec §13).
+
+Inputs are laid out like training records (D2 fixed): ``[SOT] context [SEG]`` with the context in
+the bidirectional prefix for hybrid models, ``[SOT, SEG] context`` with no prefix for plain-LM models.
+Each mask token is filled with the argmax of the shifted prediction (the token at position p is
+predicted at p - 1, as in training). The JSON keeps the original's fields and adds log-probabilities
+and the top candidates of each mask.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from encode_swe import SWEEncoder
+from modeling.cli import UserError
+from modeling.mtf_compat import tf
+from modeling.runtime import Forward, Runtime
+
+TOP_CANDIDATES = 5
+
+
+@dataclasses.dataclass
+class Example:
+    """One input text laid out for the model."""
+
+    text: str
+    tokens: list[int]      # fed ids, starting with SOT
+    prefix: int            # n_b: index of the segmenter (0 = no bidirectional prefix)
+    first: int             # index of the first context token; context = tokens[first:first + count]
+    count: int
+    extra: dict = dataclasses.field(default_factory=dict)  # other keys of a JSONL input line, echoed
+
+
+def layout(encoder: SWEEncoder, text: str, mask: str, train_mode: str, num_contexts: int,
+           where: str = "--context") -> Example:
+    """``text`` as model input; a UserError if it cannot be used with this model."""
+    start, segmenter = encoder.special_id("start"), encoder.special_id("segmenter")
+    if train_mode == "hybrid":
+        pieces = [encoder.encode(piece) for piece in text.split(mask)] if mask else [encoder.encode(text)]
+        context = pieces[0]
+        for piece in pieces[1:]:
+            context = context + [encoder.special_id("mask")] + piece
+        tokens, prefix, first = [start] + context + [segmenter], len(context) + 1, 1
+    else:
+        if mask and mask in text:
+            raise UserError(f"{where} contains {mask!r} but this model was trained as a plain LM "
+                            f"(train_mode 'lm' in parameters.json), which cannot fill masks")
+        context = encoder.encode(text)
+        tokens, prefix, first = [start, segmenter] + context, 0, 2
+    if len(tokens) > num_contexts:
+        raise UserError(f"{where} is {len(tokens)} tokens with the start token and segmenter, more than the "
+                        f"model's {num_contexts} positions: shorten it")
+    return Example(text, tokens, prefix, first, len(context))
+
+
+def add_mask_fill_outputs(forward: Forward) -> None:
+    """Per-position quantities computed in the graph, so [B, T, V] logits never leave it."""
+    with forward.graph.as_default(), tf.name_scope("mask_fill"):
+        tokens, logits = forward.placeholders["tokens"], forward.tensors["logits"]
+        following = tf.concat([tokens[:, 1:], tokens[:, -1:]], axis=1)       # the token each position predicts
+        log_norm = tf.reduce_logsumexp(logits, axis=-1)
+        top_logits, top_ids = tf.math.top_k(logits, TOP_CANDIDATES)
+        pos_vector = tf.placeholder(tf.int32, [forward.batch_size], "pos_vector")
+        forward.placeholders["pos_vector"] = pos_vector
+        forward.tensors.update(
+            next_logit=tf.gather(logits, following, axis=2, batch_dims=2),
+            log_norm=log_norm,
+            top_ids=top_ids,
+            top_logprobs=top_logits - log_norm[..., None],
+            vector=tf.gather(forward.tensors["hidden"], pos_vector, axis=2, batch_dims=1),  # [B, L, d]
+        )
+
+
+FETCHES = ("next_logit", "log_norm", "top_ids", "top_logprobs", "vector")
+
+
+def vector_position(example: Example, pos_vector: int, where: str) -> int:
+    """``--pos_vector`` as an index into the fed tokens (< 0 = the last one)."""
+    if pos_vector < 0:
+        return len(example.tokens) - 1
+    if pos_vector >= len(example.tokens):
+        raise UserError(f"--pos_vector {pos_vector} is outside {where}, which has {len(example.tokens)} "
+                        f"positions counting the start token: use 0..{len(example.tokens) - 1} or -1")
+    return pos_vector
+
+
+def run_batch(runtime: Runtime, forward: Forward, examples: list[Example], positions: list[int],
+              mask_id: int) -> list[dict]:
+    """Fill the masks of up to ``forward.batch_size`` examples; one result dict per example."""
+    size, length = forward.batch_size, forward.length
+    tokens = np.zeros([size, length], np.int32)
+    prefix, lengths, pos = (np.zeros([size], np.int32) for _ in range(3))
+    for row, (example, position) in enumerate(zip(examples, positions)):
+        tokens[row, :len(example.tokens)] = example.tokens
+        prefix[row], lengths[row], pos[row] = example.prefix, len(example.tokens), position
+    lengths[len(examples):] = 1  # unused rows: one token, no padding semantics needed
+    out = runtime.run(forward, list(FETCHES), tokens=tokens, prefix=prefix, lengths=lengths, pos_vector=pos)
+    return [_result(example, {k: v[row] for k, v in out.items()}, positions[row], mask_id)
+            for row, example in enumerate(examples)]
+
+
+def _result(example: Example, out: dict[str, np.ndarray], pos_vector: int, mask_id: int) -> dict:
+    """The JSON object of one example from its per-position outputs."""
+    span = range(example.first, example.first + example.count)   # positions of the context tokens
+    output_tokens, logprobs, masks = [], [], []
+    for p in span:
+        at = p - 1  # the position whose output predicts token p
+        if example.tokens[p] == mask_id:
+            token = int(out["top_ids"][at, 0])
+            masks.append({"position": p, "token": token,
+                          "candidates": [{"token": int(t), "logprob": float(lp)}
+                                         for t, lp in zip(out["top_ids"][at], out["top_logprobs"][at])]})
+            logprobs.append(float(out["top_logprobs"][at, 0]))
+        else:
+            token = example.tokens[p]
+            logprobs.append(float(out["next_logit"][at] - out["log_norm"][at]))
+        output_tokens.append(token)
+    return {
+        "input_text": example.text,
+        "input_tokens": list(example.tokens),
+        "output_tokens": output_tokens,
+        "output_scores": [float(out["next_logit"][p - 1]) for p in span],
+        "output_logprobs": logprobs,
+        "masks": masks,
+        "pos_vector": pos_vector,
+        "output_vector": out["vector"].reshape(-1).tolist(),
+        **example.extra,
+    }
+
+
+def decode_result(encoder: SWEEncoder, result: dict) -> dict:
+    """``result`` with the texts added: ``output_text`` first, and each mask's filled and candidate texts."""
+    for mask in result["masks"]:
+        mask["text"] = encoder.decode([mask["token"]])
+        for candidate in mask["candidates"]:
+            candidate["text"] = encoder.decode([candidate["token"]])
+    return {"output_text": encoder.decode(result["output_tokens"]), **result}
+
+
+def print_sections(result: dict) -> None:
+    """The original's four stdout sections."""
+    print("{OUTPUT TEXTS}")
+    print(result["output_text"])
+    print("{OUTPUT TOKENS}")
+    print(result["output_tokens"])
+    print("{OUTPUT SCORES}")
+    print(result["output_scores"])
+    print("{OUTPUT VECTOR SHAPE}")
+    print((len(result["output_vector"]),))
