@@ -89,9 +89,9 @@ def main(args) -> None:
     batch_size = min(args.batch_size, len(examples))
     runtime = Runtime(config, mesh)
     forward = runtime.forward(batch_size, max(len(e.tokens) for e in examples))
-    languagemodel.add_mask_fill_outputs(forward)
-    runtime.restore(model_dir.checkpoint)
     mask_id = encoder.special_id("mask")
+    languagemodel.add_mask_fill_outputs(forward, mask_id)
+    runtime.restore(model_dir.checkpoint)
 
     def results():
         for start in range(0, len(examples), batch_size):

@@ -55,25 +55,29 @@ def layout(encoder: SWEEncoder, text: str, mask: str, train_mode: str, num_conte
     return Example(text, tokens, prefix, first, len(context))
 
 
-def add_mask_fill_outputs(forward: Forward) -> None:
-    """Per-position quantities computed in the graph, so [B, T, V] logits never leave it."""
+def add_mask_fill_outputs(forward: Forward, mask_id: int) -> None:
+    """Per-position quantities computed in the graph, so [B, T, V] logits never leave it; the top
+    candidates only where the next token is a mask."""
     with forward.graph.as_default(), tf.name_scope("mask_fill"):
         tokens, logits = forward.placeholders["tokens"], forward.tensors["logits"]
         following = tf.concat([tokens[:, 1:], tokens[:, -1:]], axis=1)       # the token each position predicts
         log_norm = tf.reduce_logsumexp(logits, axis=-1)
-        top_logits, top_ids = tf.math.top_k(logits, TOP_CANDIDATES)
+        mask_rows = tf.where(tf.equal(following, mask_id))                   # [masks, 2]: (row, position)
+        top_logits, top_ids = tf.math.top_k(tf.gather_nd(logits, mask_rows), TOP_CANDIDATES)
         pos_vector = tf.placeholder(tf.int32, [forward.batch_size], "pos_vector")
         forward.placeholders["pos_vector"] = pos_vector
         forward.tensors.update(
             next_logit=tf.gather(logits, following, axis=2, batch_dims=2),
             log_norm=log_norm,
+            mask_rows=mask_rows,
             top_ids=top_ids,
-            top_logprobs=top_logits - log_norm[..., None],
+            top_logprobs=top_logits - tf.gather_nd(log_norm, mask_rows)[:, None],
             vector=tf.gather(forward.tensors["hidden"], pos_vector, axis=2, batch_dims=1),  # [B, L, d]
         )
 
 
-FETCHES = ("next_logit", "log_norm", "top_ids", "top_logprobs", "vector")
+PER_ROW = ("next_logit", "log_norm", "vector")
+PER_MASK = ("mask_rows", "top_ids", "top_logprobs")
 
 
 def vector_position(example: Example, pos_vector: int, where: str) -> int:
@@ -96,23 +100,30 @@ def run_batch(runtime: Runtime, forward: Forward, examples: list[Example], posit
         tokens[row, :len(example.tokens)] = example.tokens
         prefix[row], lengths[row], pos[row] = example.prefix, len(example.tokens), position
     lengths[len(examples):] = 1  # unused rows: one token, no padding semantics needed
-    out = runtime.run(forward, list(FETCHES), tokens=tokens, prefix=prefix, lengths=lengths, pos_vector=pos)
-    return [_result(example, {k: v[row] for k, v in out.items()}, positions[row], mask_id)
+    out = runtime.run(forward, list(PER_ROW + PER_MASK), tokens=tokens, prefix=prefix, lengths=lengths,
+                      pos_vector=pos)
+    candidates = {(int(row), int(at)): (ids, logprobs)
+                  for (row, at), ids, logprobs in zip(out["mask_rows"], out["top_ids"], out["top_logprobs"])}
+    return [_result(example, {k: out[k][row] for k in PER_ROW},
+                    {at: c for (r, at), c in candidates.items() if r == row}, positions[row], mask_id)
             for row, example in enumerate(examples)]
 
 
-def _result(example: Example, out: dict[str, np.ndarray], pos_vector: int, mask_id: int) -> dict:
-    """The JSON object of one example from its per-position outputs."""
+def _result(example: Example, out: dict[str, np.ndarray], candidates: dict[int, tuple[np.ndarray, np.ndarray]],
+            pos_vector: int, mask_id: int) -> dict:
+    """The JSON object of one example from its per-position outputs and its masks' top candidates
+    (by predicting position)."""
     span = range(example.first, example.first + example.count)   # positions of the context tokens
     output_tokens, logprobs, masks = [], [], []
     for p in span:
         at = p - 1  # the position whose output predicts token p
         if example.tokens[p] == mask_id:
-            token = int(out["top_ids"][at, 0])
+            top_ids, top_logprobs = candidates[at]
+            token = int(top_ids[0])
             masks.append({"position": p, "token": token,
                           "candidates": [{"token": int(t), "logprob": float(lp)}
-                                         for t, lp in zip(out["top_ids"][at], out["top_logprobs"][at])]})
-            logprobs.append(float(out["top_logprobs"][at, 0]))
+                                         for t, lp in zip(top_ids, top_logprobs)]})
+            logprobs.append(float(top_logprobs[0]))
         else:
             token = example.tokens[p]
             logprobs.append(float(out["next_logit"][at] - out["log_norm"][at]))

@@ -94,6 +94,40 @@ def layer_norm(x: mtf.Tensor, d_model: mtf.Dimension, epsilon: float, dtype) -> 
     return mtf.cast(normed * mtf.cast(g, tf.float32) + mtf.cast(b, tf.float32), x.dtype)
 
 
+class _EmbeddingLookup(mtf.Operation):
+    """``weights[ids]`` by ``tf.gather`` on every device.
+
+    ``mtf.gather`` multiplies a [..., vocab] one-hot by the table: for a 36k vocabulary that costs as
+    much as the output layer. A gather gives the same numbers; it needs the first (vocabulary)
+    dimension of ``weights`` unsplit, which no layout of ours splits. The gradient is mtf.gather's.
+    """
+
+    def __init__(self, weights: mtf.Tensor, ids: mtf.Tensor):
+        super().__init__([weights, ids], name="embedding_lookup")
+        self._table_dim = weights.shape.dims[0]
+        self._outputs = [mtf.Tensor(self, ids.shape + weights.shape.dims[1:], weights.dtype)]
+        self._splittable_dims, self._unsplittable_dims = self._initialize_splittable_and_unsplittable_dims(
+            "splittable", [self._table_dim.name])
+
+    def gradient(self, grad_ys):
+        weights, ids = self.inputs
+        one_hot = mtf.one_hot(ids, self._table_dim, dtype=grad_ys[0].dtype)
+        return [mtf.einsum([one_hot, grad_ys[0]], output_shape=weights.shape), None]
+
+    def lower(self, lowering):
+        mesh_impl = lowering.mesh_impl(self)
+        if mesh_impl.tensor_dimension_to_mesh_axis(self._table_dim) is not None:
+            raise ValueError(f"the layout splits '{self._table_dim.name}', which embedding lookups need whole")
+        weights, ids = (lowering.tensors[t] for t in self.inputs)
+        lowering.set_tensor_lowering(self.outputs[0], mesh_impl.slicewise(
+            lambda w, i: tf.gather(w, i, axis=0), weights, ids))
+
+
+def embed(weights: mtf.Tensor, ids: mtf.Tensor) -> mtf.Tensor:
+    """Rows of ``weights`` [table, ...] at ``ids``: shape ids.shape + the row shape."""
+    return _EmbeddingLookup(weights, ids).outputs[0]
+
+
 def swish(x: mtf.Tensor) -> mtf.Tensor:
     return x * mtf.sigmoid(x)
 
@@ -322,7 +356,7 @@ def forward(mesh: mtf.Mesh, config: ModelConfig, inputs: Inputs, *, training: bo
     with tf.variable_scope("model"):
         wte = variable(mesh, "wte", [dims.vocab, dims.d_model], _normal(0.02), dtype)
         wpe = variable(mesh, "wpe", [dims.positions, dims.d_model], _normal(0.01), dtype)
-        x = mtf.gather(wte, inputs.tokens, dims.vocab) + mtf.gather(wpe, positions, dims.positions)
+        x = embed(wte, inputs.tokens) + embed(wpe, positions)
         x = mtf.cast(x, activation_dtype)
     pasts = spout_pasts(inputs.spout, dims, config.num_layers, dtype) if has_spout else [None] * config.num_layers
 
@@ -332,7 +366,7 @@ def forward(mesh: mtf.Mesh, config: ModelConfig, inputs: Inputs, *, training: bo
         for layer in range(config.num_layers):
             if layer == config.num_switch_layers:  # the extra position embedding enters the first extra layer
                 ete = variable(mesh, "ete", [dims.positions, dims.d_model], tf.zeros_initializer(), dtype)
-                x += mtf.cast(mtf.gather(ete, positions, dims.positions), activation_dtype)
+                x += mtf.cast(embed(ete, positions), activation_dtype)
             with tf.variable_scope(f"att{layer}"):
                 a, present = attention(x, dims, mask, pasts[layer], dtype)
             with tf.variable_scope(f"an{layer}"):

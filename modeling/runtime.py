@@ -124,6 +124,9 @@ class Runtime:
         factor); the router jitter needs a seed and belongs to the training loop.
         """
         c = self.config
+        if length + int(spout) > c.num_contexts:  # positions are never clipped (D14)
+            raise UserError(f"{length} tokens{' plus the spout slot' if spout else ''} exceed the model's "
+                            f"{c.num_contexts} positions: shorten the input")
         if batch_size % self._batch_split():
             raise UserError(f"batch size {batch_size} is not a multiple of the mesh's batch axis "
                             f"({self._batch_split()}): change --batch_size or --mesh_shape")
