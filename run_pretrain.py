@@ -1,8 +1,14 @@
 #!/usr/bin/env python3
 """Pretrain a GPTSAN model on training records; safe to restart from cron (resumes, locks, saves on
-SIGTERM) on one CPU/GPU, several GPUs or a TPU slice."""
+SIGTERM) on one CPU/GPU, several GPUs or a TPU slice.
+
+First run: --parameter_file (original schema) is copied into --model_dir with the vocabulary and
+emoji table. Every later run of the same command resumes weights, optimizer slots, step and input
+position. --export DIR writes a release copy (no optimizer slots) and exits."""
 
 from __future__ import annotations
+
+import os
 
 from modeling import cli
 
@@ -12,15 +18,67 @@ def build_parser():
     p.add_argument("--parameter_file", default=None,
                    help="parameters.json in the original schema; copied into --model_dir on the first run")
     p.add_argument("--model_dir", required=True, help="model directory (local or gs://); rerun to resume")
-    p.add_argument("--export", default=None, help="write a release copy (no optimizer slots) to this directory")
+    p.add_argument("--export", default=None, metavar="DIR",
+                   help="write a release copy of --model_dir's latest checkpoint (no optimizer slots) and exit")
+    p.add_argument("--overwrite", action="store_true", help="with --export: replace an existing DIR")
     cli.add_training_flags(p, default_learning_rate=1e-4)
+    cli.add_tokenizer_flags(p)
     cli.add_mesh_flags(p)
     cli.add_precision_flags(p)
     return p
 
 
+def model_parameters(args):
+    """The model directory's parameters; on the first run, --parameter_file copied in (with the tokenizer)."""
+    from modeling import config as params  # noqa: PLC0415
+    from modeling import runtime  # noqa: PLC0415
+    from modeling.mtf_compat import tf  # noqa: PLC0415
+
+    own = os.path.join(args.model_dir, runtime.PARAMETERS_FILE)
+    given = params.read_parameters(args.parameter_file) if args.parameter_file else None
+    if tf.io.gfile.exists(own):
+        existing = params.read_parameters(own)
+        if given and given.model != existing.model:
+            raise cli.UserError(f"--parameter_file {args.parameter_file} describes a different model than {own}: "
+                                f"use a new --model_dir, or drop --parameter_file to resume")
+        return existing
+    if given is None:
+        raise cli.UserError(f"{args.model_dir} has no parameters.json: the first run needs --parameter_file")
+    tf.io.gfile.makedirs(args.model_dir)
+    runtime.install_tokenizer(args.model_dir, given.model, args.vocabulary, args.emoji)
+    params.write_parameters(own, given)
+    return given
+
+
+def export(args) -> None:
+    from modeling import checkpoint, runtime  # noqa: PLC0415
+    from modeling.loop import checkpoint_step  # noqa: PLC0415
+    from modeling.mtf_compat import tf  # noqa: PLC0415
+
+    source = runtime.open_model_dir(args.model_dir)
+    if tf.io.gfile.exists(args.export) and not args.overwrite:
+        raise cli.UserError(f"{args.export} already exists: pass --overwrite to replace it")
+    staging = args.export.rstrip("/") + ".tmp-export"
+    if tf.io.gfile.exists(staging):
+        tf.io.gfile.rmtree(staging)
+    tf.io.gfile.makedirs(staging)
+    step = checkpoint_step(args.model_dir)
+    checkpoint.export_release(source.checkpoint, staging, step)
+    for name in (runtime.PARAMETERS_FILE, runtime.VOCABULARY_FILE, runtime.EMOJI_FILE):
+        if tf.io.gfile.exists(os.path.join(args.model_dir, name)):
+            tf.io.gfile.copy(os.path.join(args.model_dir, name), os.path.join(staging, name), overwrite=True)
+    if tf.io.gfile.exists(args.export):
+        tf.io.gfile.rmtree(args.export)
+    tf.io.gfile.rename(staging, args.export)
+    print(f"exported step {step} of {args.model_dir} to {args.export}")
+
+
 def main(args) -> None:
-    raise cli.UserError("pretraining lands with issue 5; this front only documents its flags for now")
+    if args.export:
+        return export(args)
+    from modeling.loop import run_from_args  # noqa: PLC0415
+
+    run_from_args(args, args.model_dir, model_parameters(args))
 
 
 if __name__ == "__main__":

@@ -42,24 +42,21 @@ def release_shapes(p: dict) -> dict[str, list[int]]:
 
 
 def write_release_checkpoint(directory: str) -> None:
-    """Random weights in the release's names and shapes, saved variable by variable, then merged."""
+    """Random weights in the release's names and shapes, saved variable by variable."""
     from tqdm import tqdm
 
+    from modeling.checkpoint import write_checkpoint
     from modeling.mtf_compat import tf
 
     os.makedirs(directory, exist_ok=True)
     shapes = release_shapes(RELEASE)
-    parts = []
-    for i, (name, shape) in enumerate(tqdm(shapes.items(), desc="writing 2.8B-shape checkpoint", unit="var")):
-        value = tf.ones(shape) if name.endswith("/g") else tf.random.normal(shape, stddev=0.02, seed=i)
-        part = os.path.join(directory, f"part-{i:03d}")
-        tf.raw_ops.SaveV2(prefix=part, tensor_names=[name], shape_and_slices=[""], tensors=[value])
-        parts.append(part)
-    tf.raw_ops.SaveV2(prefix=os.path.join(directory, "part-step"), tensor_names=["global_step"],
-                      shape_and_slices=[""], tensors=[tf.constant(0, tf.int64)])
-    parts.append(os.path.join(directory, "part-step"))
-    tf.raw_ops.MergeV2Checkpoints(checkpoint_prefixes=parts, destination_prefix=os.path.join(directory, "model"),
-                                  delete_old_dirs=False)
+
+    def tensors():
+        for i, (name, shape) in enumerate(tqdm(shapes.items(), desc="writing 2.8B-shape checkpoint", unit="var")):
+            yield name, tf.ones(shape) if name.endswith("/g") else tf.random.normal(shape, stddev=0.02, seed=i)
+        yield "global_step", tf.constant(0, tf.int64)
+
+    write_checkpoint(os.path.join(directory, "model"), tensors())
     with open(os.path.join(directory, "checkpoint"), "w") as f:
         f.write('model_checkpoint_path: "model"\nall_model_checkpoint_paths: "model"\n')
     with open(os.path.join(directory, "parameters.json"), "w") as f:

@@ -32,3 +32,41 @@ def restore(session: tf.Session, lowering: mtf.Lowering, saver: tf.train.Saver, 
     """Load the masters from ``path`` and lay them out over the mesh."""
     saver.restore(session, path)
     session.run(lowering.copy_masters_to_slices())
+
+
+def write_checkpoint(prefix: str, tensors) -> None:
+    """Save ``(name, value)`` pairs as one TF checkpoint at ``prefix``, one variable at a time, so
+    that writing a model needs memory for its largest variable only."""
+    parts = []
+    for index, (name, value) in enumerate(tensors):
+        part = f"{prefix}.part-{index:05d}"
+        tf.raw_ops.SaveV2(prefix=part, tensor_names=[name], shape_and_slices=[""], tensors=[value])
+        parts.append(part)
+    tf.raw_ops.MergeV2Checkpoints(checkpoint_prefixes=parts, destination_prefix=prefix, delete_old_dirs=False)
+
+
+def is_model_variable(name: str) -> bool:
+    """Network weights (``model/…``, ``pasts/…``) as opposed to optimizer slots and loop state."""
+    return name.startswith(("model/", "pasts/")) and not name.endswith(
+        ("/adam_m", "/adam_v", "_slot_vc", "_slot_vr", "_slot_v", "_slot_m"))
+
+
+def export_release(source_prefix: str, target: str, step: int) -> str:
+    """Copy the network weights (and ``global_step``) of ``source_prefix`` to ``target/model.ckpt-<step>``
+    with a ``checkpoint`` state file: what the original's release script did (no Adam slots)."""
+    reader = tf.train.load_checkpoint(source_prefix)
+    names = sorted(n for n in reader.get_variable_to_shape_map() if is_model_variable(n) or n == "global_step")
+    prefix = f"{target}/model.ckpt-{step}"
+    write_checkpoint(prefix, ((name, reader.get_tensor(name)) for name in names))
+    write_checkpoint_state(target, [f"model.ckpt-{step}"])
+    return prefix
+
+
+def write_checkpoint_state(directory: str, names: list[str]) -> None:
+    """The ``checkpoint`` state file naming ``names`` (the last is the latest), relative to
+    ``directory`` so that the directory can be moved; written atomically."""
+    from modeling.files import atomic_output  # noqa: PLC0415
+
+    with atomic_output(f"{directory}/checkpoint") as f:
+        f.write(f'model_checkpoint_path: "{names[-1]}"\n'
+                + "".join(f'all_model_checkpoint_paths: "{name}"\n' for name in names))

@@ -53,24 +53,41 @@ SPOUT_VECTORS = ("none", "uniform", "stateless_uniform", "onehot", "half_onehot"
 
 
 def add_training_flags(p: argparse.ArgumentParser, default_learning_rate: float) -> None:
-    """Flags shared by run_pretrain.py and run_finetune.py (one training loop serves both)."""
+    """Flags shared by run_pretrain.py and run_finetune.py (one training loop serves both).
+
+    Flags left unset take the value from ``train_params`` of parameters.json when it has one
+    (batch_size, base_lr, num_warmup_steps, checkpoint_per_steps, max_to_keep_save), else the default.
+    """
     g = p.add_argument_group("training")
-    g.add_argument("--input_files", nargs="+", required=True, metavar="GLOB",
+    g.add_argument("--input_files", nargs="+", metavar="GLOB",
                    help="training records (TFRecord globs, gs:// allowed), made by 'encode_swe.py records'")
-    g.add_argument("--max_steps", type=int, default=100_000, help="stop after this many steps (a real limit)")
-    g.add_argument("--batch_size", type=int, default=16, help="global batch size (sequences per step)")
-    g.add_argument("--learning_rate", type=float, default=default_learning_rate, help="peak learning rate")
-    g.add_argument("--warmup_steps", type=int, default=1000, help="linear warm-up steps before the decay")
+    g.add_argument("--max_steps", type=int, default=100_000, help="stop at this global step (a real limit)")
+    g.add_argument("--batch_size", type=int, default=None,
+                   help="global batch size (sequences per step); default train_params.batch_size or 16")
+    g.add_argument("--learning_rate", type=float, default=None,
+                   help=f"peak learning rate; default train_params.base_lr or {default_learning_rate}")
+    g.add_argument("--warmup_steps", type=int, default=None,
+                   help="linear warm-up steps; default train_params.num_warmup_steps or 1000")
+    g.add_argument("--decay", choices=("cosine", "linear", "inverse_sqrt", "constant"), default="cosine",
+                   help="learning-rate decay after warm-up, reaching --final_learning_rate at --max_steps")
+    g.add_argument("--final_learning_rate", type=float, default=0.1,
+                   help="learning rate at --max_steps as a fraction of the peak (cosine and linear)")
     g.add_argument("--optimizer", choices=("adam", "adafactor"), default="adam",
                    help="Adam with decoupled weight decay (not on norms and biases), or Adafactor")
+    g.add_argument("--weight_decay", type=float, default=0.01, help="decoupled weight decay (Adam)")
     g.add_argument("--clip_gradients", type=float, default=1.0, help="global-norm clipping; 0 = off")
     g.add_argument("--spout_vector", choices=SPOUT_VECTORS, default="none",
                    help="spout input fed in training (onehot/half_onehot use the records' class id 'i')")
     g.add_argument("--eval_files", nargs="*", default=[], metavar="GLOB", help="held-out records")
     g.add_argument("--eval_every", type=int, default=1000, help="steps between held-out loss/perplexity")
-    g.add_argument("--save_every", type=int, default=1000, help="steps between checkpoints")
-    g.add_argument("--keep_checkpoints", type=int, default=5, help="checkpoints kept (oldest removed)")
-    g.add_argument("--seed", type=int, default=0, help="seed for initialisation, data order and jitter")
+    g.add_argument("--eval_batches", type=int, default=20, help="batches of --eval_files per evaluation")
+    g.add_argument("--save_every", type=int, default=None,
+                   help="steps between checkpoints; default train_params.checkpoint_per_steps or 1000")
+    g.add_argument("--keep_checkpoints", type=int, default=None,
+                   help="checkpoints kept, oldest removed; default train_params.max_to_keep_save or 5")
+    g.add_argument("--log_every", type=int, default=10, help="steps between log lines and TensorBoard points")
+    g.add_argument("--seed", type=int, default=0, help="seed for initialisation, jitter and spout noise")
+    g.add_argument("--no_progress", action="store_true", help="no progress bar (e.g. under cron)")
 
 
 def run(main: Callable[[argparse.Namespace], None], argument_parser: argparse.ArgumentParser) -> None:

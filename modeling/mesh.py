@@ -71,6 +71,12 @@ class MeshSetup:
     def size(self) -> int:
         return self.shape.size
 
+    @property
+    def batch_split(self) -> int:
+        """Size of the mesh axis that carries the ``batch`` dimension (1 if none)."""
+        axis = self.mesh_impl.tensor_dimension_to_mesh_axis(mtf.Dimension("batch", 0))
+        return 1 if axis is None else self.mesh_impl.shape[axis].size
+
 
 def session_config(num_cpu_devices: int = 1) -> tf.ConfigProto:
     """A session config with ``num_cpu_devices`` logical CPU devices (``/cpu:0`` … ``/cpu:N-1``)."""

@@ -37,12 +37,8 @@ class ModelDir:
 
 
 def latest_checkpoint(directory: str) -> str | None:
-    """The prefix named by ``directory/checkpoint``, resolved against the directory (relative paths)."""
-    state = tf.train.get_checkpoint_state(directory)
-    if not state or not state.model_checkpoint_path:
-        return None
-    path = state.model_checkpoint_path
-    return path if path.startswith(("/", "gs://")) or "://" in path else os.path.join(directory, path)
+    """The prefix named by ``directory/checkpoint`` (relative names resolved against the directory)."""
+    return tf.train.latest_checkpoint(directory)
 
 
 def open_model_dir(path: str) -> ModelDir:
@@ -58,24 +54,42 @@ def open_model_dir(path: str) -> ModelDir:
     return ModelDir(path, parameters, prefix)
 
 
-def load_tokenizer(model_dir: ModelDir, vocabulary: str | None = None, emoji: str | None = None) -> SWEEncoder:
-    """The tokenizer for ``model_dir``: explicit files, else the directory's own copies, else the project's."""
+def _tokenizer_files(directory: str, vocabulary: str | None, emoji: str | None) -> tuple[str, str]:
+    """Explicit files, else the directory's own copies, else the project's."""
     def pick(explicit: str | None, name: str, default: os.PathLike) -> str:
         if explicit:
             return explicit
-        own = os.path.join(model_dir.path, name)
+        own = os.path.join(directory, name)
         return own if tf.io.gfile.exists(own) else str(default)
 
-    vocabulary, emoji = pick(vocabulary, VOCABULARY_FILE, DEFAULT_VOCABULARY), pick(emoji, EMOJI_FILE, DEFAULT_EMOJI)
+    return pick(vocabulary, VOCABULARY_FILE, DEFAULT_VOCABULARY), pick(emoji, EMOJI_FILE, DEFAULT_EMOJI)
+
+
+def _checked_tokenizer(vocabulary: str, emoji: str, config: ModelConfig) -> SWEEncoder:
     try:
         encoder = SWEEncoder.from_files(vocabulary, emoji)
         encoder.check_gptsan_layout()
     except TokenizerError as error:
         raise UserError(str(error)) from None
-    if encoder.vocab_size != model_dir.config.num_vocabulary:
+    if encoder.vocab_size != config.num_vocabulary:
         raise UserError(f"vocabulary {vocabulary} has {encoder.vocab_size} tokens but the model has "
-                        f"{model_dir.config.num_vocabulary}: pass the model's own --vocabulary")
+                        f"{config.num_vocabulary}: pass the model's own --vocabulary")
     return encoder
+
+
+def load_tokenizer(model_dir: ModelDir, vocabulary: str | None = None, emoji: str | None = None) -> SWEEncoder:
+    """The tokenizer for ``model_dir``: explicit files, else the directory's own copies, else the project's."""
+    return _checked_tokenizer(*_tokenizer_files(model_dir.path, vocabulary, emoji), model_dir.config)
+
+
+def install_tokenizer(directory: str, config: ModelConfig, vocabulary: str | None, emoji: str | None) -> None:
+    """Copy the (checked) vocabulary and emoji table into a new model directory, so it is self-contained."""
+    vocabulary, emoji = _tokenizer_files(directory, vocabulary, emoji)
+    _checked_tokenizer(vocabulary, emoji, config)
+    for source, name in ((vocabulary, VOCABULARY_FILE), (emoji, EMOJI_FILE)):
+        target = os.path.join(directory, name)
+        if source != target:
+            tf.io.gfile.copy(source, target, overwrite=True)
 
 
 def check_checkpoint(path: str, expected: dict[str, list[int]]) -> None:
@@ -127,9 +141,9 @@ class Runtime:
         if length + int(spout) > c.num_contexts:  # positions are never clipped (D14)
             raise UserError(f"{length} tokens{' plus the spout slot' if spout else ''} exceed the model's "
                             f"{c.num_contexts} positions: shorten the input")
-        if batch_size % self._batch_split():
+        if batch_size % self.mesh.batch_split:
             raise UserError(f"batch size {batch_size} is not a multiple of the mesh's batch axis "
-                            f"({self._batch_split()}): change --batch_size or --mesh_shape")
+                            f"({self.mesh.batch_split}): change --batch_size or --mesh_shape")
         with self.graph.as_default(), tf.variable_scope("", reuse=tf.AUTO_REUSE):
             placeholders = {
                 "tokens": tf.placeholder(tf.int32, [batch_size, length], "tokens"),
@@ -148,7 +162,7 @@ class Runtime:
                 nonpadding=mtf.import_tf_tensor(mesh, nonpadding, mtf.Shape([batch, time])),
                 spout=(mtf.import_tf_tensor(mesh, placeholders["spout"],
                                             mtf.Shape([batch, network.Dims(c).spout])) if spout else None))
-            outputs = network.forward(mesh, c, inputs, training=training, batch_split=self._batch_split())
+            outputs = network.forward(mesh, c, inputs, training=training, batch_split=self.mesh.batch_split)
             lowering = mtf.Lowering(graph, {mesh: self.mesh.mesh_impl})
             self._lowerings.append(lowering)
             tensors = {
@@ -157,11 +171,6 @@ class Runtime:
                 "aux_loss": lowering.export_to_tf_tensor(outputs.aux_loss),
             }
         return Forward(self.graph, batch_size, length, placeholders, tensors)
-
-    def _batch_split(self) -> int:
-        impl = self.mesh.mesh_impl
-        axis = impl.tensor_dimension_to_mesh_axis(mtf.Dimension("batch", 0))
-        return 1 if axis is None else impl.shape[axis].size
 
     def variable_shapes(self) -> dict[str, list[int]]:
         with self.graph.as_default():

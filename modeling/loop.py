@@ -1,0 +1,300 @@
+"""The training loop's life under cron: one trainer per directory, resume, save on SIGTERM, keep K.
+
+``train`` is shared by run_pretrain.py and run_finetune.py. A model directory holds the
+checkpoints (``model.ckpt-<step>``), ``parameters.json``, ``trainer.lock`` while a trainer runs,
+``train_log.jsonl`` (rewritten at each save, so it always matches the checkpoints) and TensorBoard
+event files (``train/``). Paths go through tf.io.gfile, so ``gs://`` directories work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import time
+
+import numpy as np
+
+from modeling.cli import UserError
+from modeling.checkpoint import write_checkpoint_state
+from modeling.files import atomic_output
+from modeling.mtf_compat import tf
+from modeling.runtime import latest_checkpoint
+from modeling.training import TrainGraph
+
+LOCK_FILE, LOG_FILE, CHECKPOINT_PREFIX = "trainer.lock", "train_log.jsonl", "model.ckpt"
+
+
+class Lock:
+    """``trainer.lock`` in the model directory: who trains here. A lock whose process is gone (same
+    host) or that was not refreshed for ``stale_after`` seconds (another host) is taken over."""
+
+    def __init__(self, directory: str, stale_after: float = 3600.0):
+        self.path = os.path.join(directory, LOCK_FILE)
+        self.stale_after = stale_after
+        self.owner = {"host": socket.gethostname(), "pid": os.getpid()}
+
+    def _holder(self) -> dict | None:
+        try:
+            with tf.io.gfile.GFile(self.path, "r") as f:
+                return json.loads(f.read())
+        except (tf.errors.NotFoundError, json.JSONDecodeError):
+            return None
+
+    def _alive(self, holder: dict) -> bool:
+        if holder.get("host") == self.owner["host"]:
+            try:
+                os.kill(int(holder["pid"]), 0)
+                return True
+            except (ProcessLookupError, ValueError, KeyError):
+                return False
+            except PermissionError:
+                return True
+        return time.time() - float(holder.get("time", 0)) < self.stale_after
+
+    def acquire(self) -> None:
+        holder = self._holder()
+        if holder and holder != self.owner and self._alive(holder):
+            raise UserError(f"another trainer (pid {holder.get('pid')} on {holder.get('host')}) is using "
+                            f"{os.path.dirname(self.path)}; this one exits (remove {self.path} if that "
+                            f"trainer is gone)")
+        self.refresh()
+
+    def refresh(self) -> None:
+        with atomic_output(self.path) as f:
+            f.write(json.dumps({**self.owner, "time": time.time()}))
+
+    def release(self) -> None:
+        if self._holder() == self.owner or (self._holder() or {}).get("pid") == self.owner["pid"]:
+            tf.io.gfile.remove(self.path)
+
+
+def checkpoint_step(directory: str) -> int:
+    """The global step of the latest checkpoint in ``directory`` (0 if none)."""
+    prefix = latest_checkpoint(directory)
+    return int(tf.train.load_variable(prefix, "global_step")) if prefix else 0
+
+
+class StopRequested:
+    """Turns SIGTERM/SIGINT into a flag checked between steps (preemptible TPU VMs send SIGTERM)."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, number, _frame):
+        self.signal = number
+
+    def restore(self) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopSettings:
+    max_steps: int
+    save_every: int
+    keep_checkpoints: int
+    eval_every: int = 0
+    log_every: int = 10
+
+
+class Log:
+    """The JSONL log kept in memory since the last save and rewritten atomically with each checkpoint."""
+
+    def __init__(self, directory: str, step: int):
+        self.path = os.path.join(directory, LOG_FILE)
+        self.lines: list[str] = []
+        if tf.io.gfile.exists(self.path):
+            with tf.io.gfile.GFile(self.path, "r") as f:   # keep only what the checkpoint covers
+                self.lines = [line for line in f.read().splitlines() if json.loads(line).get("step", 0) <= step]
+
+    def add(self, record: dict) -> None:
+        self.lines.append(json.dumps(record))
+
+    def flush(self) -> None:
+        with atomic_output(self.path) as f:
+            f.write("".join(line + "\n" for line in self.lines))
+
+
+def _checkpoints(directory: str) -> list[str]:
+    """Checkpoint prefixes in ``directory``, oldest first."""
+    prefixes = [name[:-len(".index")] for name in tf.io.gfile.glob(os.path.join(directory, CHECKPOINT_PREFIX + "-*.index"))]
+    return sorted(prefixes, key=lambda p: int(p.rsplit("-", 1)[1]))
+
+
+def _save(session, g: TrainGraph, directory: str, step: int, keep: int, log: Log, lock: Lock) -> None:
+    """Fold slices into masters and write the checkpoint (TF names it 'latest' only once it is
+    complete), drop the oldest beyond ``keep``, then rewrite the log."""
+    session.run(g.copy_slices_to_masters)
+    g.saver.save(session, os.path.join(directory, CHECKPOINT_PREFIX), global_step=step, write_meta_graph=False)
+    prefixes = _checkpoints(directory)
+    write_checkpoint_state(directory, [os.path.basename(p) for p in prefixes[-keep:]])
+    for old in prefixes[:-keep]:
+        for name in tf.io.gfile.glob(old + ".*"):
+            tf.io.gfile.remove(name)
+    log.flush()
+    lock.refresh()
+
+
+class Summaries:
+    """TensorBoard scalars in ``<model_dir>/train`` (event files written by TF itself; no tensorboard package)."""
+
+    def __init__(self, directory: str):
+        self.writer = tf.summary.FileWriter(os.path.join(directory, "train"))
+
+    def add(self, step: int, scalars: dict[str, float]) -> None:
+        values = [tf.Summary.Value(tag=tag, simple_value=value) for tag, value in scalars.items()]
+        self.writer.add_summary(tf.Summary(value=values), step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _record(step: int, metrics: dict, tokens_per_second: float) -> tuple[dict, dict[str, float]]:
+    """One JSONL log record and its TensorBoard scalars."""
+    record = {"step": step, "tokens_per_second": tokens_per_second}
+    for name in ("loss", "lm_loss", "aux_loss", "learning_rate", "grad_norm", "loss_scale"):
+        if name in metrics:
+            record[name] = float(metrics[name])
+    record["perplexity"] = float(np.exp(min(record["lm_loss"], 50.0)))
+    record["dropped_fraction"] = [round(float(x), 5) for x in metrics["dropped_fraction"]]
+    record["expert_fraction"] = [[round(float(x), 5) for x in layer] for layer in metrics["expert_fraction"]]
+    scalars = {f"train/{k}": v for k, v in record.items() if isinstance(v, float)}
+    for layer, (dropped, fractions) in enumerate(zip(record["dropped_fraction"], record["expert_fraction"])):
+        scalars[f"experts/layer{layer}/dropped"] = dropped
+        scalars.update({f"experts/layer{layer}/expert{e}": share for e, share in enumerate(fractions)})
+    return record, scalars
+
+
+def train(directory: str, g: TrainGraph, session_config: tf.ConfigProto, master: str, loop: LoopSettings,
+          evaluate=None, progress: bool = True) -> int:
+    """Train in ``directory`` until ``loop.max_steps`` or a stop signal; returns the final step.
+
+    ``evaluate(session, step)`` (optional) returns held-out metrics to log every ``eval_every`` steps.
+    """
+    from tqdm import tqdm  # noqa: PLC0415
+
+    lock = Lock(directory)
+    lock.acquire()
+    stop = StopRequested()
+    try:
+        with g.graph.as_default(), tf.Session(master, config=session_config) as session:
+            prefix = latest_checkpoint(directory)
+            if prefix:
+                g.saver.restore(session, prefix)
+            else:
+                session.run(g.init_op)
+            session.run(g.copy_masters_to_slices)
+            step = int(session.run(g.global_step))
+            log = Log(directory, step)
+            summaries = Summaries(directory)
+            bar = tqdm(total=loop.max_steps, initial=step, unit="step", disable=not progress, dynamic_ncols=True)
+            last_saved, started, steps_timed = step, time.perf_counter(), 0
+            while step < loop.max_steps and stop.signal is None:
+                _, metrics = session.run([g.train_op, g.metrics])
+                step += 1
+                steps_timed += 1
+                if not np.isfinite(metrics["loss"]) and "loss_scale" not in metrics:
+                    raise UserError(f"the loss became {metrics['loss']} at step {step}; training stopped and the "
+                                    f"last good checkpoint (step {last_saved}) was kept: lower --learning_rate "
+                                    f"or raise --warmup_steps")
+                if step % loop.log_every == 0 or step == loop.max_steps:
+                    rate = steps_timed * g.tokens_per_step / (time.perf_counter() - started)
+                    record, scalars = _record(step, metrics, rate)
+                    log.add(record)
+                    summaries.add(step, scalars)
+                    bar.set_postfix(loss=f"{record['lm_loss']:.3f}", tok_s=f"{rate:,.0f}")
+                    started, steps_timed = time.perf_counter(), 0
+                if evaluate and loop.eval_every and step % loop.eval_every == 0:
+                    held_out = evaluate(session, step)
+                    log.add({"step": step, **held_out})
+                    summaries.add(step, {f"eval/{name}": value for name, value in held_out.items()})
+                bar.update(1)
+                if step % loop.save_every == 0:
+                    _save(session, g, directory, step, loop.keep_checkpoints, log, lock)
+                    last_saved = step
+            if step != last_saved or not prefix and step == 0:
+                _save(session, g, directory, step, loop.keep_checkpoints, log, lock)
+            bar.close()
+            summaries.close()
+            if stop.signal is not None:
+                print(f"stopped by signal {stop.signal} at step {step}; checkpoint saved", flush=True)
+            return step
+    finally:
+        stop.restore()
+        lock.release()
+
+
+def expand_files(patterns: list[str], flag: str) -> list[str]:
+    """Files matching ``patterns`` (local or gs:// globs), in a stable order; errors name the pattern."""
+    files = []
+    for pattern in patterns:
+        matched = sorted(tf.io.gfile.glob(pattern))
+        if not matched:
+            raise UserError(f"{flag} {pattern} matches no file")
+        for name in matched:
+            if tf.io.gfile.stat(name).length == 0:
+                raise UserError(f"{flag}: {name} is empty; remove it or rebuild the records")
+        files += matched
+    return files
+
+
+def check_record_length(files: list[str], num_contexts: int, flag: str) -> None:
+    """The first record's length must equal the model's num_contexts."""
+    for raw in tf.data.TFRecordDataset(files[:1]).take(1):
+        example = tf.train.Example.FromString(raw.numpy())
+        length = len(example.features.feature["x"].int64_list.value)
+        if length != num_contexts:
+            raise UserError(f"{flag}: records in {files[0]} have {length} tokens but the model has num_contexts "
+                            f"{num_contexts}: rebuild them with --num_context {num_contexts}")
+        return
+    raise UserError(f"{flag}: {files[0]} holds no records")
+
+
+def run_from_args(args, directory: str, parameters, frozen: frozenset[str] = frozenset()) -> int:
+    """Build the training graph from the shared training flags and train in ``directory``."""
+    from modeling.mesh import MeshError, make_mesh  # noqa: PLC0415
+    from modeling.training import Settings, build  # noqa: PLC0415
+
+    config, train_params = parameters.model, parameters.train_params
+
+    def pick(flag_value, key: str, default):
+        return flag_value if flag_value is not None else train_params.get(key, default)
+
+    if checkpoint_step(directory) >= args.max_steps:
+        print(f"{directory} is already at step {checkpoint_step(directory)} >= --max_steps {args.max_steps}; "
+              f"nothing to do")
+        return checkpoint_step(directory)
+    if not args.input_files:
+        raise UserError("--input_files is required to train")
+    files = expand_files(args.input_files, "--input_files")
+    check_record_length(files, config.num_contexts, "--input_files")
+    precision = "bfloat16" if args.use_bfloat16 else "float16" if args.use_mixed_precision else "float32"
+    if args.spout_vector != "none" and not config.num_spout:
+        raise UserError("--spout_vector needs a model with a spout (num_spout > 0 in parameters.json)")
+    settings = Settings(
+        input_files=files, batch_size=pick(args.batch_size, "batch_size", 16), max_steps=args.max_steps,
+        learning_rate=pick(args.learning_rate, "base_lr", 1e-4), warmup_steps=pick(args.warmup_steps,
+                                                                                    "num_warmup_steps", 1000),
+        decay=args.decay, final_learning_rate=args.final_learning_rate, optimizer=args.optimizer,
+        weight_decay=args.weight_decay, clip_gradients=args.clip_gradients, spout_vector=args.spout_vector,
+        precision=precision, seed=args.seed, frozen=frozen)
+    loop = LoopSettings(max_steps=args.max_steps, save_every=pick(args.save_every, "checkpoint_per_steps", 1000),
+                        keep_checkpoints=pick(args.keep_checkpoints, "max_to_keep_save", 5),
+                        eval_every=args.eval_every if args.eval_files else 0, log_every=args.log_every)
+    for name in ("batch_size", "save_every", "keep_checkpoints", "log_every"):
+        value = settings.batch_size if name == "batch_size" else getattr(loop, name)
+        if value < 1:
+            raise UserError(f"--{name} must be at least 1, got {value}")
+    try:
+        mesh = make_mesh(args.mesh_shape, args.layout, args.tpu)
+    except MeshError as error:
+        raise UserError(str(error)) from None
+    if settings.batch_size % mesh.batch_split:
+        raise UserError(f"--batch_size {settings.batch_size} is not a multiple of the mesh's batch axis "
+                        f"({mesh.batch_split})")
+    graph = build(config, settings, mesh)
+    return train(directory, graph, mesh.session_config, mesh.master, loop, progress=not args.no_progress)

@@ -1,0 +1,257 @@
+"""Training GPTSAN: records in, Adam (or Adafactor) updates out, on any mesh (spec §9, §10).
+
+The graph holds the whole step: read a batch (the tf.data iterator's position is saved in every
+checkpoint), run the network, take the loss (LM loss with the output z-loss, plus the Switch
+load-balancing loss), clip, update. Everything random is a stateless function of (seed, step), so
+a run restarted from a checkpoint repeats exactly what the killed run would have done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from modeling import model as network
+from modeling.config import ModelConfig
+from modeling.mesh import MeshSetup
+from modeling.mtf_compat import mtf, tf
+
+ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON = 0.9, 0.999, 1e-8
+LOSS_SCALE_START, LOSS_SCALE_GROWTH_INTERVAL = 2.0 ** 15, 2000
+DECAYS = ("cosine", "linear", "inverse_sqrt", "constant")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """How to train; the command-line flags after defaults are applied."""
+
+    input_files: list[str]
+    batch_size: int = 16
+    max_steps: int = 100_000
+    learning_rate: float = 1e-4
+    warmup_steps: int = 1000
+    decay: str = "cosine"             # after warm-up, down to final_learning_rate at max_steps
+    final_learning_rate: float = 0.1  # as a fraction of learning_rate
+    optimizer: str = "adam"
+    weight_decay: float = 0.01
+    clip_gradients: float = 1.0       # global norm; 0 = off
+    spout_vector: str = "none"
+    precision: str = "float32"        # float32, bfloat16, float16 (dynamic loss scaling)
+    seed: int = 0
+    frozen: frozenset[str] = frozenset()   # variable names that get no gradient and no slots
+
+
+def decays_weight(name: str) -> bool:
+    """Weight decay applies to matrices and embeddings, not to LayerNorm gains/biases or biases (D13)."""
+    return not name.endswith(("/g", "/b", "/bias", "/wob"))
+
+
+def learning_rate(step: tf.Tensor, s: Settings) -> tf.Tensor:
+    """Linear warm-up to ``learning_rate``, then a decay that really happens (D12)."""
+    step = tf.cast(step, tf.float32)
+    warmup = float(max(s.warmup_steps, 1))
+    span = float(max(s.max_steps - s.warmup_steps, 1))
+    progress = tf.clip_by_value((step - warmup) / span, 0.0, 1.0)
+    floor = s.final_learning_rate
+    after = {
+        "cosine": floor + (1.0 - floor) * 0.5 * (1.0 + tf.cos(math.pi * progress)),
+        "linear": 1.0 - (1.0 - floor) * progress,
+        "inverse_sqrt": tf.sqrt(warmup / tf.maximum(step, warmup)),
+        "constant": tf.constant(1.0),
+    }[s.decay]
+    return s.learning_rate * tf.where(step < warmup, (step + 1.0) / warmup, after)
+
+
+def read_batches(files: list[str], num_context: int, batch_size: int, repeat: bool) -> tf.data.Dataset:
+    """Records in file order (shuffling happens when records are written), as int32 tensors."""
+    spec = {"x": tf.io.FixedLenFeature([num_context], tf.int64), "y": tf.io.FixedLenFeature([num_context], tf.int64),
+            "i": tf.io.FixedLenFeature([1], tf.int64), "num_input": tf.io.FixedLenFeature([1], tf.int64)}
+
+    def parse(serialized):
+        features = tf.io.parse_single_example(serialized, spec)
+        return {k: tf.cast(v, tf.int32) for k, v in features.items()}
+
+    dataset = tf.data.TFRecordDataset(files).map(parse)
+    if repeat:
+        dataset = dataset.repeat()
+    return dataset.batch(batch_size, drop_remainder=True)
+
+
+def spout_inputs(mode: str, record_ids: tf.Tensor, num_spout: int, seed: tf.Tensor) -> tf.Tensor | None:
+    """The spout vector of each example (spec §15.4); ``seed`` is [2] int64 (run seed, step)."""
+    if mode == "none":
+        return None
+    batch = record_ids.shape[0]
+    if mode == "uniform":
+        return tf.random.stateless_uniform([batch, num_spout], seed=seed)
+    if mode == "stateless_uniform":   # fixed per record: seeded by its id
+        return tf.map_fn(lambda i: tf.random.stateless_uniform([num_spout], seed=tf.stack([tf.cast(i, tf.int64),
+                                                                                            seed[0]])),
+                         record_ids, fn_output_signature=tf.float32)
+    if mode == "onehot":
+        return tf.one_hot(record_ids % num_spout, num_spout)
+    half = num_spout // 2
+    return tf.concat([tf.one_hot(record_ids % half, half),
+                      tf.random.stateless_uniform([batch, num_spout - half], seed=seed)], axis=1)
+
+
+def lm_loss(logits: mtf.Tensor, targets: mtf.Tensor, z_loss: float) -> mtf.Tensor:
+    """Mean over targeted positions of -log p(y) + z_loss * (log Z)^2 (spec §9); y = -1 is ignored."""
+    vocab = logits.shape.dims[-1]
+    log_z = mtf.reduce_logsumexp(logits, vocab)
+    target_logit = mtf.reduce_sum(logits * mtf.one_hot(targets, vocab, dtype=logits.dtype), reduced_dim=vocab)
+    weight = mtf.cast(mtf.greater_equal(targets, 0), logits.dtype)
+    per_token = log_z - target_logit + z_loss * mtf.square(log_z)
+    return mtf.reduce_sum(per_token * weight) / (mtf.reduce_sum(weight) + 1e-5)
+
+
+def select(condition: mtf.Tensor, if_true: mtf.Tensor, if_false: mtf.Tensor) -> mtf.Tensor:
+    """``if_true`` where the scalar ``condition`` holds, else ``if_false``; unlike ``mtf.where``
+    (a multiply) a NaN in the branch not taken does not leak through."""
+    return mtf.slicewise(lambda c, a, b: tf.where_v2(c, a, b), [condition, if_true, if_false],
+                         output_shape=if_true.shape, output_dtype=if_true.dtype,
+                         splittable_dims=if_true.shape.dims)
+
+
+def adam_update(variables: list[mtf.Variable], grads: list[mtf.Tensor], lr: mtf.Tensor, s: Settings,
+                clip_scale: mtf.Tensor, finite: mtf.Tensor) -> list[mtf.Operation]:
+    """AdamW as the original (no bias correction; spec §10.1), decoupled weight decay only where
+    ``decays_weight``; slots ``<name>/adam_m``, ``<name>/adam_v`` as in the original checkpoints.
+    A step with a non-finite gradient (``finite`` = 0) leaves every variable and slot unchanged."""
+    ops = []
+    for var, grad in zip(variables, grads):
+        value = var.outputs[0]
+        grad = grad * clip_scale
+        with tf.variable_scope(var.name):
+            m = mtf.get_variable(var.mesh, "adam_m", var.shape, initializer=tf.zeros_initializer(), trainable=False)
+            v = mtf.get_variable(var.mesh, "adam_v", var.shape, initializer=tf.zeros_initializer(), trainable=False)
+        new_m = m * ADAM_BETA1 + grad * (1.0 - ADAM_BETA1)
+        new_v = v * ADAM_BETA2 + mtf.square(grad) * (1.0 - ADAM_BETA2)
+        step = new_m / (mtf.sqrt(new_v) + ADAM_EPSILON)
+        if decays_weight(var.name):
+            step += value * s.weight_decay
+        for target, old, new in ((var, value, value - step * lr), (m.operation, m, new_m), (v.operation, v, new_v)):
+            ops.append(mtf.assign(target, select(finite, new, old)))
+    return ops
+
+
+def adafactor_update(variables, grads, lr, clip_scale, finite) -> list[mtf.Operation]:
+    """Mesh TensorFlow's Adafactor (factored second moments), with our clipping and overflow skip."""
+    optimizer = mtf.optimize.AdafactorOptimizer(learning_rate=lr)
+    ops = []
+    for var, grad in zip(variables, grads):
+        grad = select(finite, grad * clip_scale, mtf.zeros_like(grad))
+        ops += optimizer.apply_grad(grad, var)
+    return ops
+
+
+@dataclasses.dataclass
+class TrainGraph:
+    """Everything the training loop runs."""
+
+    graph: tf.Graph
+    train_op: tf.Operation
+    global_step: tf.Variable
+    metrics: dict[str, tf.Tensor]      # scalars (and per-layer vectors) for logs and TensorBoard
+    tokens_per_step: int
+    lowering: mtf.Lowering
+    saver: tf.train.Saver
+    init_op: tf.Operation                  # fresh start; then copy_masters_to_slices
+    copy_masters_to_slices: tf.Operation   # after a restore
+    copy_slices_to_masters: tf.Operation   # before a save
+
+
+def build(config: ModelConfig, s: Settings, mesh: MeshSetup) -> TrainGraph:
+    """The training graph for ``config`` on ``mesh``."""
+    activation_dtype = {"float32": tf.float32, "bfloat16": tf.bfloat16, "float16": tf.float16}[s.precision]
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.set_random_seed(s.seed)
+        global_step = tf.train.get_or_create_global_step()
+        iterator = tf.data.make_one_shot_iterator(
+            read_batches(s.input_files, config.num_contexts, s.batch_size, repeat=True))
+        tf.add_to_collection(tf.GraphKeys.SAVEABLE_OBJECTS,
+                             tf.data.experimental.make_saveable_from_iterator(iterator))
+        batch = iterator.get_next()
+        seed = tf.stack([tf.constant(s.seed, tf.int64), global_step])
+        spout = spout_inputs(s.spout_vector, batch["i"][:, 0], config.num_spout, seed)
+        if spout is not None:  # the spout takes position 0: records lose their last token (D14)
+            batch = {k: v[:, :config.num_contexts - 1] if k in ("x", "y") else v for k, v in batch.items()}
+        length = batch["x"].shape[1]
+        not_token = config.num_vocabulary - 4
+        nonpadding = tf.cast(tf.not_equal(batch["x"], not_token), tf.float32)
+
+        mesh_graph = mtf.Graph()
+        m = mtf.Mesh(mesh_graph, "mesh")
+        b, t = mtf.Dimension("batch", s.batch_size), mtf.Dimension("length", length)
+        inputs = network.Inputs(
+            tokens=mtf.import_tf_tensor(m, batch["x"], mtf.Shape([b, t])),
+            prefix=mtf.import_tf_tensor(m, batch["num_input"][:, 0], mtf.Shape([b])),
+            nonpadding=mtf.import_tf_tensor(m, nonpadding, mtf.Shape([b, t])),
+            spout=None if spout is None else mtf.import_tf_tensor(
+                m, spout, mtf.Shape([b, network.Dims(config).spout])))
+        targets = mtf.import_tf_tensor(m, batch["y"], mtf.Shape([b, t]))
+        outputs = network.forward(m, config, inputs, training=True, batch_split=mesh.batch_split,
+                                  jitter_seed=seed, activation_dtype=activation_dtype)
+        lm = lm_loss(outputs.logits, targets, config.output_z_loss_coef)
+        total = lm + outputs.aux_loss
+
+        variables = [v for v in mesh_graph.trainable_variables if v.name not in s.frozen]
+        loss_scale = _loss_scale_variable() if s.precision == "float16" else None
+        scaled = total * mtf.import_tf_tensor(m, loss_scale, mtf.Shape([])) if loss_scale is not None else total
+        grads = mtf.gradients([scaled], [v.outputs[0] for v in variables])
+        if loss_scale is not None:
+            unscale = mtf.import_tf_tensor(m, 1.0 / loss_scale, mtf.Shape([]))
+            grads = [g * unscale for g in grads]
+        squares = [mtf.reduce_sum(mtf.square(mtf.cast(g, tf.float32))) for g in grads]
+        grad_norm = mtf.sqrt(mtf.add_n(squares))
+        finite = mtf.less(grad_norm, float("inf"))      # False for inf and NaN
+        if s.clip_gradients > 0:
+            clip_scale = mtf.minimum(s.clip_gradients / mtf.maximum(grad_norm, 1e-12), 1.0)
+        else:
+            clip_scale = mtf.ones(m, mtf.Shape([]))
+        lr = learning_rate(global_step, s)
+        lr_mesh = mtf.import_tf_tensor(m, lr, mtf.Shape([]))
+        if s.optimizer == "adam":
+            assignments = adam_update(variables, grads, lr_mesh, s, clip_scale, finite)
+        else:
+            assignments = adafactor_update(variables, grads, lr_mesh, clip_scale, finite)
+
+        lowering = mtf.Lowering(mesh_graph, {m: mesh.mesh_impl}, autostack=False)
+        export = lowering.export_to_tf_tensor
+        update = tf.group([lowering.lowered_operation(op) for op in assignments])
+        tf_finite = export(finite)
+        steps = [update]
+        if loss_scale is not None:
+            steps.append(_adjust_loss_scale(loss_scale, tf_finite))
+        with tf.control_dependencies(steps):
+            train_op = tf.assign_add(global_step, 1).op
+        metrics = {
+            "loss": export(total), "lm_loss": export(lm), "aux_loss": export(outputs.aux_loss),
+            "learning_rate": lr, "grad_norm": export(grad_norm), "finite": tf_finite,
+            "expert_fraction": tf.stack([export(f) for f in outputs.expert_fraction]) if outputs.expert_fraction
+            else tf.zeros([0, config.num_experts]),
+            "dropped_fraction": tf.stack([export(d) for d in outputs.dropped_fraction]) if outputs.dropped_fraction
+            else tf.zeros([0]),
+            "real_tokens": tf.reduce_sum(nonpadding),
+        }
+        if loss_scale is not None:
+            metrics["loss_scale"] = tf.identity(loss_scale)
+        saver = tf.train.Saver(max_to_keep=None, save_relative_paths=True)  # keeping K is done by the caller
+        return TrainGraph(graph, train_op, global_step, metrics, s.batch_size * length, lowering,
+                          saver, tf.global_variables_initializer(), lowering.copy_masters_to_slices(),
+                          lowering.copy_slices_to_masters())
+
+
+def _loss_scale_variable() -> tf.Variable:
+    """Dynamic loss scale for float16 (D22), saved with the checkpoint."""
+    return tf.get_variable("loss_scale", initializer=LOSS_SCALE_START, trainable=False)
+
+
+def _adjust_loss_scale(scale: tf.Variable, finite: tf.Tensor) -> tf.Operation:
+    """Halve the scale after an overflowing step (which was skipped); double it every
+    LOSS_SCALE_GROWTH_INTERVAL good steps."""
+    good = tf.get_variable("loss_scale_good_steps", initializer=0, trainable=False)
+    grow = tf.logical_and(finite, tf.equal((good + 1) % LOSS_SCALE_GROWTH_INTERVAL, 0))
+    new_scale = tf.where(finite, tf.where(grow, scale * 2.0, scale), tf.maximum(scale * 0.5, 1.0))
+    return tf.group(tf.assign(scale, new_scale), tf.assign(good, tf.where(finite, good + 1, 0)))
