@@ -257,7 +257,7 @@ def check_record_length(files: list[str], num_contexts: int, flag: str) -> None:
 def run_from_args(args, directory: str, parameters, frozen: frozenset[str] = frozenset()) -> int:
     """Build the training graph from the shared training flags and train in ``directory``."""
     from modeling.mesh import MeshError, make_mesh  # noqa: PLC0415
-    from modeling.training import Settings, build  # noqa: PLC0415
+    from modeling.training import Settings, build, build_evaluation  # noqa: PLC0415
 
     config, train_params = parameters.model, parameters.train_params
 
@@ -297,4 +297,10 @@ def run_from_args(args, directory: str, parameters, frozen: frozenset[str] = fro
         raise UserError(f"--batch_size {settings.batch_size} is not a multiple of the mesh's batch axis "
                         f"({mesh.batch_split})")
     graph = build(config, settings, mesh)
-    return train(directory, graph, mesh.session_config, mesh.master, loop, progress=not args.no_progress)
+    evaluate = None
+    if args.eval_files:
+        eval_files = expand_files(args.eval_files, "--eval_files")
+        check_record_length(eval_files, config.num_contexts, "--eval_files")
+        evaluation = build_evaluation(config, settings, mesh, graph, eval_files, args.eval_batches)
+        evaluate = lambda session, step: evaluation.run(session)  # noqa: E731
+    return train(directory, graph, mesh.session_config, mesh.master, loop, evaluate, progress=not args.no_progress)

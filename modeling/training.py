@@ -255,3 +255,61 @@ def _adjust_loss_scale(scale: tf.Variable, finite: tf.Tensor) -> tf.Operation:
     grow = tf.logical_and(finite, tf.equal((good + 1) % LOSS_SCALE_GROWTH_INTERVAL, 0))
     new_scale = tf.where(finite, tf.where(grow, scale * 2.0, scale), tf.maximum(scale * 0.5, 1.0))
     return tf.group(tf.assign(scale, new_scale), tf.assign(good, tf.where(finite, good + 1, 0)))
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """Held-out loss and perplexity over up to ``batches`` batches of the eval records."""
+
+    reset: tf.Operation
+    sums: dict[str, tf.Tensor]         # summed negative log-likelihood and target count of one batch
+    sync: list[tf.Operation]           # training slices -> masters -> this graph's slices
+    batches: int
+
+    def run(self, session: tf.Session) -> dict[str, float]:
+        for op in self.sync:
+            session.run(op)
+        session.run(self.reset)
+        nll = count = 0.0
+        for _ in range(self.batches):
+            try:
+                out = session.run(self.sums)
+            except tf.errors.OutOfRangeError:
+                break
+            nll, count = nll + float(out["nll"]), count + float(out["count"])
+        loss = nll / max(count, 1.0)
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count}
+
+
+def build_evaluation(config: ModelConfig, s: Settings, mesh: MeshSetup, train: TrainGraph, files: list[str],
+                     batches: int) -> Evaluation:
+    """A second lowering in the training graph, sharing its variables, that scores ``files``."""
+    with train.graph.as_default(), tf.variable_scope("", reuse=True):
+        iterator = tf.data.make_initializable_iterator(
+            read_batches(files, config.num_contexts, s.batch_size, repeat=False))
+        batch = iterator.get_next()
+        spout = spout_inputs(s.spout_vector, batch["i"][:, 0], config.num_spout,
+                             tf.constant([s.seed, -1], tf.int64))
+        if spout is not None:
+            batch = {k: v[:, :config.num_contexts - 1] if k in ("x", "y") else v for k, v in batch.items()}
+        length = batch["x"].shape[1]
+        mesh_graph = mtf.Graph()
+        m = mtf.Mesh(mesh_graph, "mesh")
+        b, t = mtf.Dimension("batch", s.batch_size), mtf.Dimension("length", length)
+        nonpadding = tf.cast(tf.not_equal(batch["x"], config.num_vocabulary - 4), tf.float32)
+        inputs = network.Inputs(
+            tokens=mtf.import_tf_tensor(m, batch["x"], mtf.Shape([b, t])),
+            prefix=mtf.import_tf_tensor(m, batch["num_input"][:, 0], mtf.Shape([b])),
+            nonpadding=mtf.import_tf_tensor(m, nonpadding, mtf.Shape([b, t])),
+            spout=None if spout is None else mtf.import_tf_tensor(m, spout, mtf.Shape([b, network.Dims(config).spout])))
+        outputs = network.forward(m, config, inputs, batch_split=mesh.batch_split)
+        targets = mtf.import_tf_tensor(m, batch["y"], mtf.Shape([b, t]))
+        vocab = outputs.logits.shape.dims[-1]
+        nll = mtf.reduce_logsumexp(outputs.logits, vocab) - mtf.reduce_sum(
+            outputs.logits * mtf.one_hot(targets, vocab, dtype=tf.float32), reduced_dim=vocab)
+        weight = mtf.cast(mtf.greater_equal(targets, 0), tf.float32)
+        totals = {"nll": mtf.reduce_sum(nll * weight), "count": mtf.reduce_sum(weight)}
+        lowering = mtf.Lowering(mesh_graph, {m: mesh.mesh_impl}, autostack=False)
+        sums = {name: lowering.export_to_tf_tensor(total) for name, total in totals.items()}
+        return Evaluation(iterator.initializer, sums,
+                          [train.copy_slices_to_masters, lowering.copy_masters_to_slices()], batches)
