@@ -210,7 +210,7 @@ def train(directory: str, g: TrainGraph, session_config: tf.ConfigProto, master:
                     started, steps_timed = time.perf_counter(), 0
                 if evaluate and loop.eval_every and step % loop.eval_every == 0:
                     held_out = evaluate(session, step)
-                    log.add({"step": step, **held_out})
+                    log.add({"step": step, **{f"eval_{name}": value for name, value in held_out.items()}})
                     summaries.add(step, {f"eval/{name}": value for name, value in held_out.items()})
                 bar.update(1)
                 if step % loop.save_every == 0:
