@@ -58,6 +58,7 @@ class Outputs:
     presents: list[tuple[mtf.Tensor, mtf.Tensor]]  # per layer: keys, values of the inputs [b, heads, memory, d_kv]
     expert_fraction: list[mtf.Tensor]   # per Switch layer: [experts] share of real tokens routed there
     dropped_fraction: list[mtf.Tensor]  # per Switch layer: scalar share of real tokens over capacity
+    spout_kv: list[tuple[mtf.Tensor, mtf.Tensor]] | None = None  # per layer: the spout's key/value slot
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -147,10 +148,16 @@ class AttentionMask:
 
     def visible(self, dtype) -> mtf.Tensor:
         """1.0 where the query sees the memory column, else 0.0: [batch, length, memory]."""
+        def union(*tensors: mtf.Tensor) -> mtf.Shape:
+            dims = []
+            for t in tensors:
+                dims += [d for d in t.shape.dims if d not in dims]
+            return mtf.Shape(dims)
+
         causal = mtf.cast(mtf.less_equal(self.memory_index, self.query_index,
-                                         output_shape=self.query_index.shape + self.memory_index.shape), dtype)
+                                         output_shape=union(self.query_index, self.memory_index)), dtype)
         prefix = mtf.cast(mtf.less(self.memory_index, self.prefix,
-                                   output_shape=self.prefix.shape + self.memory_index.shape), dtype)
+                                   output_shape=union(self.prefix, self.memory_index)), dtype)
         return causal + prefix - causal * prefix  # logical or, broadcast over batch and length
 
 
@@ -310,6 +317,20 @@ def spout_pasts(spout: mtf.Tensor, dims: Dims, num_layers: int, dtype) -> list[t
 
 
 @dataclasses.dataclass
+class Cache:
+    """Keys and values of earlier tokens, for generation one token at a time.
+
+    ``index`` gives the token index of every memory slot: -1 for the spout, and for a slot that must
+    not be seen (not written yet, or padding) an index larger than any query's.
+    """
+
+    keys: list[mtf.Tensor]     # per layer [batch, heads, memory, d_kv]
+    values: list[mtf.Tensor]
+    index: mtf.Tensor          # [batch, memory] int32
+    spout_slot: bool           # the spout occupies a slot, so token positions are shifted by one
+
+
+@dataclasses.dataclass
 class Inputs:
     """One batch, as Mesh TensorFlow tensors."""
 
@@ -317,6 +338,8 @@ class Inputs:
     prefix: mtf.Tensor                  # [batch] int32: n_b, the index of the segmenter (0 = plain LM)
     nonpadding: mtf.Tensor              # [batch, length] float32: 0 at padding (takes no expert capacity)
     spout: mtf.Tensor | None = None     # [batch, spout] float32
+    query_index: mtf.Tensor | None = None   # [batch, length] token indices of the inputs; default 0..T-1
+    cache: Cache | None = None          # earlier tokens' keys and values (then no spout: it is in the cache)
 
 
 def forward(mesh: mtf.Mesh, config: ModelConfig, inputs: Inputs, *, training: bool = False,
@@ -340,14 +363,16 @@ def forward(mesh: mtf.Mesh, config: ModelConfig, inputs: Inputs, *, training: bo
         groups, factor = batch.size, config.capacity_factor_eval
     capacity = expert_capacity(batch.size * length.size // groups, config.num_experts, factor,
                                config.min_expert_capacity)
-    has_spout = inputs.spout is not None
+    has_spout, cache = inputs.spout is not None, inputs.cache
     if has_spout and not config.num_spout:
         raise ValueError("this model has no spout (num_spout is 0)")
-    offset = 1 if has_spout else 0
+    offset = 1 if has_spout or (cache is not None and cache.spout_slot) else 0
 
-    query_index = mtf.range(mesh, length, tf.int32)
+    query_index = inputs.query_index if inputs.query_index is not None else mtf.range(mesh, length, tf.int32)
     memory_index = mtf.rename_dimension(query_index, "length", "memory")
-    if has_spout:
+    if cache is not None:
+        memory_index = mtf.concat([cache.index, memory_index], "memory")
+    elif has_spout:
         memory_index = mtf.concat([mtf.constant(mesh, -1, mtf.Shape([dim("memory", 1)]), tf.int32),
                                    memory_index], "memory")
     mask = AttentionMask(query_index, memory_index, inputs.prefix)
@@ -358,7 +383,12 @@ def forward(mesh: mtf.Mesh, config: ModelConfig, inputs: Inputs, *, training: bo
         wpe = variable(mesh, "wpe", [dims.positions, dims.d_model], _normal(0.01), dtype)
         x = embed(wte, inputs.tokens) + embed(wpe, positions)
         x = mtf.cast(x, activation_dtype)
-    pasts = spout_pasts(inputs.spout, dims, config.num_layers, dtype) if has_spout else [None] * config.num_layers
+    if cache is not None:
+        pasts = list(zip(cache.keys, cache.values))
+    elif has_spout:
+        pasts = spout_pasts(inputs.spout, dims, config.num_layers, dtype)
+    else:
+        pasts = [None] * config.num_layers
 
     hidden, presents, fractions, dropped = [], [], [], []
     aux_loss = mtf.constant(mesh, 0.0, dtype=tf.float32)
@@ -389,7 +419,8 @@ def forward(mesh: mtf.Mesh, config: ModelConfig, inputs: Inputs, *, training: bo
             hidden.append(x)
             presents.append(present)
         logits = output_head(x, wte, dims, dtype)
-    return Outputs(logits, hidden, aux_loss, presents, fractions, dropped)
+    return Outputs(logits, hidden, aux_loss, presents, fractions, dropped,
+                   pasts if has_spout and cache is None else None)
 
 
 def output_head(x: mtf.Tensor, wte: mtf.Tensor, dims: Dims, dtype) -> mtf.Tensor:

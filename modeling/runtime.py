@@ -131,11 +131,18 @@ class Runtime:
         self.session: tf.Session | None = None
         self._lowerings: list[mtf.Lowering] = []
 
-    def forward(self, batch_size: int, length: int, spout: bool = False, training: bool = False) -> Forward:
+    def forward(self, batch_size: int, length: int, spout: bool = False, training: bool = False,
+                cache: list[tuple[tf.Variable, tf.Variable]] | None = None) -> Forward:
         """Lower the network for [batch_size, length] inputs (with a spout input if asked).
 
         ``training`` switches to training-time routing (groups across the batch, training capacity
-        factor); the router jitter needs a seed and belongs to the training loop.
+        factor); the router jitter needs a seed and belongs to the training loop. With ``cache``
+        (per layer key and value variables [batch, heads, slots, d_kv]) the inputs attend to those
+        slots too: extra placeholders ``query_index`` [batch, length] (token indices of the inputs)
+        and ``slot_index`` [batch, slots] (see model.Cache); ``spout`` then means the cache holds a
+        spout slot. The exports include this input's keys and values (``keys``, ``values``:
+        [layers, batch, heads, length, d_kv]) and, with a spout and no cache, the spout's
+        (``spout_keys``, ``spout_values``).
         """
         c = self.config
         if length + int(spout) > c.num_contexts:  # positions are never clipped (D14)
@@ -150,26 +157,47 @@ class Runtime:
                 "prefix": tf.placeholder(tf.int32, [batch_size], "prefix"),
                 "lengths": tf.placeholder(tf.int32, [batch_size], "lengths"),
             }
-            if spout:
+            if spout and cache is None:
                 placeholders["spout"] = tf.placeholder(tf.float32, [batch_size, c.num_spout], "spout")
             graph = mtf.Graph()
             mesh = mtf.Mesh(graph, "mesh")
+            dims = network.Dims(c)
             batch, time = mtf.Dimension("batch", batch_size), mtf.Dimension("length", length)
+
+            def imported(name: str, dims_: list) -> mtf.Tensor:
+                return mtf.import_tf_tensor(mesh, placeholders[name], mtf.Shape(dims_))
+
             nonpadding = tf.sequence_mask(placeholders["lengths"], length, tf.float32)
             inputs = network.Inputs(
-                tokens=mtf.import_tf_tensor(mesh, placeholders["tokens"], mtf.Shape([batch, time])),
-                prefix=mtf.import_tf_tensor(mesh, placeholders["prefix"], mtf.Shape([batch])),
+                tokens=imported("tokens", [batch, time]), prefix=imported("prefix", [batch]),
                 nonpadding=mtf.import_tf_tensor(mesh, nonpadding, mtf.Shape([batch, time])),
-                spout=(mtf.import_tf_tensor(mesh, placeholders["spout"],
-                                            mtf.Shape([batch, network.Dims(c).spout])) if spout else None))
+                spout=imported("spout", [batch, dims.spout]) if "spout" in placeholders else None)
+            if cache is not None:
+                slots = mtf.Dimension("memory", cache[0][0].shape[2])
+                placeholders["query_index"] = tf.placeholder(tf.int32, [batch_size, length], "query_index")
+                placeholders["slot_index"] = tf.placeholder(tf.int32, [batch_size, slots.size], "slot_index")
+                shape = mtf.Shape([batch, dims.heads, slots, dims.d_kv])
+                inputs.query_index = imported("query_index", [batch, time])
+                inputs.cache = network.Cache(
+                    keys=[mtf.import_tf_tensor(mesh, k.read_value(), shape) for k, _ in cache],
+                    values=[mtf.import_tf_tensor(mesh, v.read_value(), shape) for _, v in cache],
+                    index=imported("slot_index", [batch, slots]), spout_slot=spout)
             outputs = network.forward(mesh, c, inputs, training=training, batch_split=self.mesh.batch_split)
             lowering = mtf.Lowering(graph, {mesh: self.mesh.mesh_impl})
             self._lowerings.append(lowering)
+            export = lowering.export_to_tf_tensor
+
+            def stacked(pairs, i: int) -> tf.Tensor:
+                return tf.stack([export(pair[i]) for pair in pairs])
+
             tensors = {
-                "logits": lowering.export_to_tf_tensor(outputs.logits),
-                "hidden": tf.stack([lowering.export_to_tf_tensor(h) for h in outputs.hidden], axis=1),
-                "aux_loss": lowering.export_to_tf_tensor(outputs.aux_loss),
+                "logits": export(outputs.logits),
+                "hidden": tf.stack([export(h) for h in outputs.hidden], axis=1),
+                "aux_loss": export(outputs.aux_loss),
+                "keys": stacked(outputs.presents, 0), "values": stacked(outputs.presents, 1),
             }
+            if outputs.spout_kv is not None:
+                tensors.update(spout_keys=stacked(outputs.spout_kv, 0), spout_values=stacked(outputs.spout_kv, 1))
         return Forward(self.graph, batch_size, length, placeholders, tensors)
 
     def variable_shapes(self) -> dict[str, list[int]]:

@@ -1,0 +1,268 @@
+"""Text generation with a key/value cache: sampling, beam search, prefix and spout (spec §12, D3-D8, D24).
+
+The prompt ``[SOT] prefix [SEG] context`` is encoded once (the prefix is bidirectional); its keys and
+values go into per-layer cache variables of ``num_contexts`` slots. Each further token runs the
+network on one position that attends to the cache, so every token costs the same wherever it is.
+When the positions run out a sequence stops with finish reason ``length`` (no sliding window: the
+start token and the prefix would fall out of it).
+
+This module works on token ids; the script does the text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from modeling.mtf_compat import tf
+from modeling.runtime import Runtime
+
+INVISIBLE = 1 << 30   # slot index of a cache slot no query may see
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """How the next token is chosen. ``top_k`` 1 is greedy; 0 turns top-k off."""
+
+    top_k: int = 120
+    top_p: float = 1.0
+    temperature: float = 1.0
+    max_generate: int = 300
+    beam_width: int = 1
+
+
+@dataclasses.dataclass
+class Prompt:
+    prefix: list[int]              # bidirectional part (may be empty)
+    context: list[int]             # causal part to continue
+    spout: np.ndarray | None = None
+
+    def tokens(self, start: int, segmenter: int) -> list[int]:
+        return [start] + self.prefix + [segmenter] + self.context
+
+
+@dataclasses.dataclass
+class Sequence:
+    """One generated continuation."""
+
+    tokens: list[int] = dataclasses.field(default_factory=list)
+    logprobs: list[float] = dataclasses.field(default_factory=list)
+    finish_reason: str | None = None   # end_of_text, length, stop
+    seconds: float = 0.0
+
+    @property
+    def score(self) -> float:
+        """Length-normalised log-probability (the beam search ranking)."""
+        return float(np.mean(self.logprobs)) if self.logprobs else 0.0
+
+
+def filter_logits(logits: np.ndarray, s: Sampling, banned: list[int]) -> np.ndarray:
+    """Log-probabilities after banning, temperature, top-k then top-p; removed tokens get -inf.
+
+    Top-p keeps the smallest set of most likely tokens whose probability reaches ``top_p``,
+    including the token that crosses the threshold.
+    """
+    z = logits.astype(np.float64) / s.temperature
+    z[banned] = -np.inf
+    if 0 < s.top_k < z.size:
+        kth = np.partition(z, -s.top_k)[-s.top_k]
+        z[z < kth] = -np.inf
+    z -= z.max()
+    logp = z - np.log(np.exp(z).sum())
+    if s.top_p < 1.0:
+        order = np.argsort(-logp, kind="stable")
+        before = np.cumsum(np.exp(logp[order])) - np.exp(logp[order])   # mass of the more likely tokens
+        logp[order[before >= s.top_p]] = -np.inf
+        logp -= np.log(np.exp(logp).sum())
+    return logp
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max()
+    return z - np.log(np.exp(z).sum())
+
+
+class Generator:
+    """Prefill and one-token step graphs over a runtime's weights, with the cache variables."""
+
+    def __init__(self, runtime: Runtime, batch_size: int, prompt_length: int, spout: bool):
+        c = runtime.config
+        self.runtime, self.batch_size, self.spout = runtime, batch_size, spout
+        self.slots = c.num_contexts              # P spout slot + token slots (positions never exceed C)
+        self.first_token_slot = int(spout)
+        with runtime.graph.as_default():
+            shape = [batch_size, c.num_header, self.slots, c.head_size]
+            self.cache = [tuple(tf.get_variable(f"cache/{kind}{layer}", shape, initializer=tf.zeros_initializer(),
+                                                trainable=False, collections=[tf.GraphKeys.LOCAL_VARIABLES])
+                                for kind in ("k", "v")) for layer in range(c.num_layers)]
+        self.prefill = runtime.forward(batch_size, prompt_length, spout=spout)
+        self.step = runtime.forward(batch_size, 1, spout=spout, cache=self.cache)
+        with runtime.graph.as_default():
+            self._build_cache_writes()
+            self._init = tf.variables_initializer([v for pair in self.cache for v in pair])
+
+    def _build_cache_writes(self) -> None:
+        first, prefill, step = self.first_token_slot, self.prefill, self.step
+        writes = []
+        for layer, (k, v) in enumerate(self.cache):
+            for var, kind in ((k, "keys"), (v, "values")):
+                end = first + prefill.length
+                writes.append(var[:, :, first:end, :].assign(prefill.tensors[kind][layer]))
+                if "spout_keys" in prefill.tensors:
+                    writes.append(var[:, :, 0:1, :].assign(prefill.tensors["spout_" + kind][layer]))
+        self.prefill.tensors["write_cache"] = tf.group(writes)
+        # The step's own key/value go to slot first + query_index, after the step has read the cache.
+        slot = step.placeholders["query_index"][:, 0] + first                      # [batch]
+        batch = tf.range(self.batch_size)
+        heads = tf.range(self.runtime.config.num_header)
+        b, h = tf.meshgrid(batch, heads, indexing="ij")
+        index = tf.stack([b, h, tf.broadcast_to(slot[:, None], b.shape)], axis=-1)   # [batch, heads, 3]
+        with tf.control_dependencies([step.tensors["logits"]]):
+            step_writes = [tf.scatter_nd_update(var, index, step.tensors[kind][layer][:, :, 0, :])
+                           for layer, (k, v) in enumerate(self.cache) for var, kind in ((k, "keys"), (v, "values"))]
+        step.tensors["write_cache"] = tf.group(step_writes)
+        parents = tf.placeholder(tf.int32, [self.batch_size], "beam_parents")
+        self._parents = parents
+        self._reorder = tf.group([var.assign(tf.gather(var, parents)) for pair in self.cache for var in pair])
+
+    def start(self) -> None:
+        self.runtime._start().run(self._init)
+
+    def reorder(self, parents: np.ndarray) -> None:
+        """Beam search: row i continues from row ``parents[i]``'s cache."""
+        self.runtime._start().run(self._reorder, {self._parents: parents})
+
+    def encode(self, rows: list[list[int]], prefixes: list[int], spouts: np.ndarray | None) -> np.ndarray:
+        """Run the prompts (right-padded) and fill the cache; returns each row's next-token logits."""
+        tokens = np.zeros([self.batch_size, self.prefill.length], np.int32)
+        lengths = np.ones([self.batch_size], np.int32)
+        prefix = np.zeros([self.batch_size], np.int32)
+        for i, row in enumerate(rows):
+            tokens[i, :len(row)], lengths[i], prefix[i] = row, len(row), prefixes[i]
+        out = self.runtime.run(self.prefill, ["logits", "write_cache"], tokens, prefix, lengths, spouts)
+        return out["logits"][np.arange(self.batch_size), lengths - 1]
+
+    def next_logits(self, tokens: np.ndarray, positions: np.ndarray, prefixes: np.ndarray,
+                    active: np.ndarray) -> np.ndarray:
+        """Feed one token per row at token index ``positions``; returns next-token logits [batch, V]."""
+        slot_index = np.full([self.batch_size, self.slots], INVISIBLE, np.int32)
+        if self.spout:
+            slot_index[:, 0] = -1
+        token_slots = np.arange(self.slots - self.first_token_slot)
+        seen = token_slots[None, :] < positions[:, None]
+        slot_index[:, self.first_token_slot:] = np.where(seen, token_slots[None, :], INVISIBLE)
+        out = self.runtime.run(self.step, ["logits", "write_cache"], tokens[:, None].astype(np.int32),
+                               prefixes.astype(np.int32), active.astype(np.int32),
+                               query_index=positions[:, None].astype(np.int32), slot_index=slot_index)
+        return out["logits"][:, 0]
+
+
+def generate(generator: Generator, prompts: list[Prompt], sampling: Sampling, ids: dict[str, int],
+             rng: np.random.Generator, stop: Callable[[list[int]], bool] | None = None,
+             on_token: Callable[[int, Sequence], None] | None = None) -> list[Sequence]:
+    """Sample one continuation per prompt (``len(prompts) <= batch_size``). ``stop(tokens)`` ends a
+    sequence with finish reason ``stop``; ``on_token(row, sequence)`` is called after every token."""
+    size = generator.batch_size
+    rows = [p.tokens(ids["start"], ids["segmenter"]) for p in prompts]
+    rows += [rows[0]] * (size - len(rows))
+    prefixes = np.array([len(p.prefix) + 1 for p in prompts] + [0] * (size - len(prompts)))
+    spouts = _spouts(prompts, size, generator)
+    banned = [ids["not_token"], ids["separator"]]
+    started = time.perf_counter()
+    generator.start()
+    logits = generator.encode(rows, prefixes.tolist(), spouts)
+    positions = np.array([len(r) for r in rows])
+    sequences = [Sequence() for _ in prompts]
+    active = np.array([True] * len(prompts) + [False] * (size - len(prompts)))
+    limit = generator.slots - generator.first_token_slot    # token positions available
+    while active.any():
+        chosen = np.zeros(size, np.int64)
+        for row in np.flatnonzero(active):
+            logp = filter_logits(logits[row], sampling, banned)
+            token = int(np.argmax(logp)) if sampling.top_k == 1 else int(rng.choice(logp.size, p=np.exp(logp)))
+            seq = sequences[row]
+            seq.tokens.append(token)
+            seq.logprobs.append(float(log_softmax(logits[row])[token]))
+            chosen[row] = token
+            if token == ids["end_of_text"]:
+                seq.finish_reason = "end_of_text"
+            elif stop and stop(seq.tokens):
+                seq.finish_reason = "stop"
+            elif len(seq.tokens) >= sampling.max_generate or positions[row] >= limit:
+                seq.finish_reason = "length"
+            if on_token:
+                on_token(row, seq)
+            if seq.finish_reason:
+                active[row] = False
+                seq.seconds = time.perf_counter() - started
+        if not active.any():
+            break
+        logits = generator.next_logits(chosen, positions, prefixes, active)
+        positions = positions + active
+    return sequences
+
+
+def _spouts(prompts: list[Prompt], size: int, generator: Generator) -> np.ndarray | None:
+    if not generator.spout:
+        return None
+    width = generator.runtime.config.num_spout
+    return np.stack([p.spout if p.spout is not None else np.zeros(width, np.float32) for p in prompts]
+                    + [np.zeros(width, np.float32)] * (size - len(prompts))).astype(np.float32)
+
+
+def beam_search(generator: Generator, prompt: Prompt, sampling: Sampling, ids: dict[str, int]) -> list[Sequence]:
+    """Deterministic beam search of width ``generator.batch_size`` for one prompt.
+
+    Each step keeps the ``width`` best live extensions by summed log-probability; a beam that ends
+    (end-of-text, ``max_generate`` or the window) is set aside. When no live beam is left, the
+    finished ones are returned best first by length-normalised (mean) log-probability."""
+    width = generator.batch_size
+    row = prompt.tokens(ids["start"], ids["segmenter"])
+    prefixes = np.full(width, len(prompt.prefix) + 1)
+    banned = [ids["not_token"], ids["separator"]]
+    started = time.perf_counter()
+    generator.start()
+    logits = generator.encode([row] * width, prefixes.tolist(), _spouts([prompt] * width, width, generator))
+    limit = generator.slots - generator.first_token_slot
+    beams = [Sequence()]                       # live beams; at the start only one (all rows are equal)
+    finished: list[Sequence] = []
+    position = len(row)
+    while beams:
+        candidates = []
+        for b, beam in enumerate(beams):
+            logp = log_softmax(logits[b])
+            logp[banned] = -np.inf
+            for token in np.argsort(-logp, kind="stable")[:width]:
+                candidates.append((float(np.sum(beam.logprobs) + logp[token]), b, int(token), float(logp[token])))
+        candidates.sort(key=lambda c: (-c[0], c[1], c[2]))
+        new_beams, parents, tokens = [], [], []
+        for _, b, token, lp in candidates:
+            seq = Sequence(beams[b].tokens + [token], beams[b].logprobs + [lp])
+            if token == ids["end_of_text"] or len(seq.tokens) >= sampling.max_generate or position >= limit:
+                seq.finish_reason = "end_of_text" if token == ids["end_of_text"] else "length"
+                seq.seconds = time.perf_counter() - started
+                finished.append(seq)
+            else:
+                new_beams.append(seq)
+                parents.append(b)
+                tokens.append(token)
+            if len(new_beams) == width:
+                break
+        beams = new_beams
+        if not beams:
+            break
+        padded = parents + [0] * (width - len(parents))
+        generator.reorder(np.array(padded, np.int32))
+        chosen = np.array(tokens + [0] * (width - len(tokens)))
+        active = np.array([True] * len(tokens) + [False] * (width - len(tokens)))
+        logits = generator.next_logits(chosen, np.full(width, position), prefixes, active)
+        position += 1
+    return sorted(finished, key=lambda s: -s.score)
+
+
+def batches(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
