@@ -20,6 +20,7 @@ Command line::
     python encode_swe.py stats  [--vocabulary V] [--emoji E] [--clean] [FILE...]
     python encode_swe.py build-vocab --input FILE... --size N --output FILE
     python encode_swe.py build-emoji --output FILE
+    python encode_swe.py records --input FILE... --output DIR --mode lm|mlm|hybrid [...]
 
 This module must not import TensorFlow: it is imported by data tools that should start quickly.
 """
@@ -980,6 +981,21 @@ def command_build_emoji(args: argparse.Namespace) -> None:
           file=sys.stderr)
 
 
+def command_records(args: argparse.Namespace) -> None:
+    """records: text files (or a filename,fileid CSV) -> sharded TFRecord training files (modeling/records.py)."""
+    from modeling import records  # noqa: PLC0415  (imports TensorFlow only when it touches files)
+    from modeling.cli import UserError  # noqa: PLC0415
+
+    options = records.RecordOptions(mode=args.mode, num_context=args.num_context, hybrid_rate=args.hybrid_rate,
+                                    num_mask=args.num_mask, max_mask=args.max_mask, seed=args.seed,
+                                    clean=args.clean)
+    try:
+        records.make_records(args.input, args.output, options, vocabulary=args.vocabulary, emoji=args.emoji,
+                             num_process=args.num_process, num_shards=args.num_shards, overwrite=args.overwrite)
+    except (records.TokenizerError, UserError) as error:   # run as a script, records' encode_swe is a 2nd copy
+        raise TokenizerError(str(error)) from None
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -1035,6 +1051,46 @@ def build_parser() -> argparse.ArgumentParser:
     emoji = with_output(commands.add_parser("build-emoji", help="build our emoji.json from Unicode data"),
                         required=True)
     emoji.set_defaults(run=command_build_emoji)
+
+    from modeling import records as rec  # noqa: PLC0415  (no TensorFlow at import)
+
+    records = commands.add_parser(
+        "records", help="text -> sharded TFRecord training files (lm, mlm, hybrid)",
+        description="Build GPTSAN training records (features x, y, i, num_input; spec 8 with D10 fixed) as "
+                    "<mode>_NNNN.tfrecord shards plus records.json in --output. Same --seed and inputs give "
+                    "byte-identical files whatever --num_process.")
+    records.add_argument("--input", nargs="+", required=True, metavar="FILE",
+                         help="UTF-8 text files or globs (documents separated by blank lines), or a CSV whose "
+                              "first line is exactly 'filename,fileid' (rows: file,class id; the class id "
+                              "becomes feature i; relative names resolve against the CSV's folder)")
+    records.add_argument("--output", "-o", required=True, metavar="DIR", help="output directory (gs:// allowed)")
+    records.add_argument("--overwrite", action="store_true", help="replace records already in --output")
+    records.add_argument("--mode", choices=rec.MODES, required=True,
+                         help="lm: packed causal records; mlm: almost all prefix with shifted MLM; hybrid: "
+                              "prefix-LM records with probability --hybrid_rate, packed LM otherwise")
+    records.add_argument("--num_context", type=_positive, default=rec.DEFAULT_NUM_CONTEXT,
+                         help="record length C (default: %(default)s)")
+    records.add_argument("--hybrid_rate", type=float, default=rec.DEFAULT_HYBRID_RATE,
+                         help="hybrid mode: probability that a record is a prefix-LM record (0.08 is the "
+                              "release's setting; the original script's default was 1.0; default: %(default)s)")
+    records.add_argument("--num_mask", type=float, default=rec.DEFAULT_NUM_MASK,
+                         help="fraction of prefix tokens masked, shifted MLM (default: %(default)s)")
+    records.add_argument("--max_mask", type=int, default=rec.DEFAULT_MAX_MASK,
+                         help="cap on masks per record (default: %(default)s)")
+    records.add_argument("--seed", type=int, default=0,
+                         help="seed of document order, record kinds and masks (default: %(default)s)")
+    records.add_argument("--num_process", type=_positive, default=rec.default_num_process(),
+                         help="tokenizer worker processes; does not change the output (default: min(8, CPUs) "
+                              "= %(default)s)")
+    records.add_argument("--num_shards", type=_positive, default=rec.DEFAULT_NUM_SHARDS,
+                         help="output files; record n goes to shard n mod num_shards (default: %(default)s)")
+    records.add_argument("--clean", action="store_true",
+                         help="encode the causal part with clean tags (URL, e-mail, date, price...) as the "
+                              "original did; the prefix part is never cleaned")
+    records.add_argument("--vocabulary", default=str(DEFAULT_VOCABULARY),
+                         help="vocabulary file (default: %(default)s)")
+    records.add_argument("--emoji", default=str(DEFAULT_EMOJI), help="emoji table (default: %(default)s)")
+    records.set_defaults(run=command_records)
     return parser
 
 

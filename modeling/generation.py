@@ -93,9 +93,9 @@ class Generator:
         self.runtime, self.batch_size, self.spout = runtime, batch_size, spout
         self.slots = c.num_contexts              # P spout slot + token slots (positions never exceed C)
         self.first_token_slot = int(spout)
-        with runtime.graph.as_default():
+        with runtime.graph.as_default(), tf.variable_scope(None, default_name="cache"):  # unique per generator
             shape = [batch_size, c.num_header, self.slots, c.head_size]
-            self.cache = [tuple(tf.get_variable(f"cache/{kind}{layer}", shape, initializer=tf.zeros_initializer(),
+            self.cache = [tuple(tf.get_variable(f"{kind}{layer}", shape, initializer=tf.zeros_initializer(),
                                                 trainable=False, collections=[tf.GraphKeys.LOCAL_VARIABLES])
                                 for kind in ("k", "v")) for layer in range(c.num_layers)]
         self.prefill = runtime.forward(batch_size, prompt_length, spout=spout)
@@ -266,3 +266,51 @@ def beam_search(generator: Generator, prompt: Prompt, sampling: Sampling, ids: d
 def batches(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Text: prompts, spout values, output text.
+# ---------------------------------------------------------------------------------------------------
+
+BAG_REPEAT = 3   # a <|bagoftoken|> stands for this many copies of the previous token in total (D8)
+
+
+def output_ids(tokens: list[int], ids: dict[str, int]) -> list[int]:
+    """Generated ids ready to decode: the bag token expanded, control tokens (ids >= SOT) dropped.
+    Byte-fallback tokens stay, so the decoder reassembles their characters (D7)."""
+    out: list[int] = []
+    for token in tokens:
+        if token == ids["bag"]:
+            out += out[-1:] * (BAG_REPEAT - 1)
+        elif token < ids["start"]:
+            out.append(token)
+    return out
+
+
+def spout_vector(value: str, width: int, rng: np.random.Generator, where: str = "--spout") -> np.ndarray | None:
+    """``none``, ``uniform`` (a fresh U[0,1) vector), ``zeros``, a class index (one-hot) or a ``.npy`` file."""
+    from modeling.cli import UserError  # noqa: PLC0415
+
+    value = str(value).strip()
+    if value in ("", "none"):
+        return None
+    if not width:
+        raise UserError(f"{where} {value}: this model has no spout (num_spout is 0 in parameters.json)")
+    if value == "uniform":
+        return rng.random(width, dtype=np.float32)
+    if value == "zeros":
+        return np.zeros(width, np.float32)
+    if value.lstrip("-").isdigit():
+        index = int(value)
+        if not 0 <= index < width:
+            raise UserError(f"{where} {index} is outside the spout's {width} classes (0..{width - 1})")
+        return np.eye(width, dtype=np.float32)[index]
+    if value.endswith(".npy"):
+        if not tf.io.gfile.exists(value):
+            raise UserError(f"{where} {value} not found")
+        with tf.io.gfile.GFile(value, "rb") as f:
+            vector = np.load(f)
+        if vector.shape != (width,):
+            raise UserError(f"{where} {value} has shape {list(vector.shape)}, expected [{width}]")
+        return vector.astype(np.float32)
+    raise UserError(f"{where} {value!r}: use none, uniform, zeros, a class index or a .npy file")

@@ -64,8 +64,9 @@ def learning_rate(step: tf.Tensor, s: Settings) -> tf.Tensor:
 
 def read_batches(files: list[str], num_context: int, batch_size: int, repeat: bool) -> tf.data.Dataset:
     """Records in file order (shuffling happens when records are written), as int32 tensors."""
-    spec = {"x": tf.io.FixedLenFeature([num_context], tf.int64), "y": tf.io.FixedLenFeature([num_context], tf.int64),
-            "i": tf.io.FixedLenFeature([1], tf.int64), "num_input": tf.io.FixedLenFeature([1], tf.int64)}
+    from modeling.records import feature_spec  # noqa: PLC0415
+
+    spec = feature_spec(num_context)
 
     def parse(serialized):
         features = tf.io.parse_single_example(serialized, spec)

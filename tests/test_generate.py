@@ -1,0 +1,182 @@
+"""Generation: the KV cache gives the same greedy tokens as re-running the whole window, sampling
+filters are right (top-p keeps the crossing token), beam search is exact where exhaustive search is
+possible, batching does not change results, the script's seed/JSONL/bad-input behaviour."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import run_generate
+from encode_swe import SWEEncoder
+from model_dirs import TINY, original_weights, write_model_dir
+from modeling import generation as G
+from modeling.cli import UserError
+from modeling.mesh import make_mesh
+from modeling.runtime import Runtime, open_model_dir
+
+V = 36000
+IDS = {"start": V - 7, "segmenter": V - 2, "not_token": V - 4, "separator": V - 5, "end_of_text": V - 1,
+       "bag": V - 3}
+
+
+def special_ids(vocab: int) -> dict[str, int]:
+    return {name: vocab - (V - value) for name, value in IDS.items()}
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """A tiny random model whose capacity drops nothing (so full-window and cached runs route alike)."""
+    path = str(tmp_path_factory.mktemp("gen") / "model")
+    params = dict(TINY, num_contexts=32, capacity_factor_eval=100.0)
+    write_model_dir(path, params, original_weights(params, seed=5, scale=1.0))
+    return path
+
+
+def prompts_for(rng, spout: bool) -> list[G.Prompt]:
+    prompts = [G.Prompt([], list(rng.randint(0, 30000, 5))), G.Prompt(list(rng.randint(0, 30000, 3)), [7, 8]),
+               G.Prompt([], [])]
+    for p in prompts:
+        p.spout = rng.rand(8).astype(np.float32) if spout else None
+    return prompts
+
+
+def full_window_greedy(runtime: Runtime, prompt: G.Prompt, steps: int, spout: bool, ids) -> list[int]:
+    """Greedy decoding that re-runs the whole window for every token (the original's way)."""
+    tokens, out = prompt.tokens(ids["start"], ids["segmenter"]), []
+    for _ in range(steps):
+        forward = runtime.forward(1, len(tokens), spout=spout)
+        logits = runtime.run(forward, ["logits"], np.array([tokens]), np.array([len(prompt.prefix) + 1]),
+                             np.array([len(tokens)]), prompt.spout[None] if spout else None)["logits"][0, -1]
+        logits[[ids["not_token"], ids["separator"]]] = -np.inf
+        out.append(int(np.argmax(logits)))
+        tokens = tokens + out[-1:]
+        if out[-1] == ids["end_of_text"]:
+            break
+    return out
+
+
+@pytest.mark.parametrize("spout", [False, True])
+def test_cached_greedy_equals_full_window_greedy_and_batching_changes_nothing(model, spout):
+    md = open_model_dir(model)
+    prompts = prompts_for(np.random.RandomState(1), spout)
+    runtime = Runtime(md.config, make_mesh(""))
+    length = max(len(p.tokens(0, 0)) for p in prompts)
+    batched = G.Generator(runtime, 3, length, spout)
+    single = G.Generator(runtime, 1, length, spout)
+    runtime.restore(md.checkpoint)
+    greedy = G.Sampling(top_k=1, max_generate=6)
+    together = G.generate(batched, prompts, greedy, IDS, np.random.default_rng(0))
+    for prompt, seq in zip(prompts, together):
+        alone = G.generate(single, [prompt], greedy, IDS, np.random.default_rng(0))[0]
+        assert seq.tokens == alone.tokens
+        assert seq.tokens == full_window_greedy(runtime, prompt, len(seq.tokens), spout, IDS)
+        np.testing.assert_allclose(seq.logprobs, alone.logprobs, rtol=1e-5, atol=1e-5)
+    assert len({tuple(s.tokens) for s in together}) > 1   # the prompts really lead to different outputs
+
+
+def test_top_p_keeps_the_token_that_crosses_the_threshold():
+    probs = np.array([0.5, 0.3, 0.15, 0.05])
+    logits = np.log(probs)
+
+    def kept(**kw):
+        return set(np.flatnonzero(np.isfinite(G.filter_logits(logits, G.Sampling(top_k=0, **kw), []))))
+
+    assert kept(top_p=0.6) == {0, 1}        # 0.5 < 0.6: token 1 crosses it and stays
+    assert kept(top_p=0.5) == {0}           # token 0 alone reaches 0.5
+    assert kept(top_p=0.81) == {0, 1, 2}
+    assert kept(top_p=1.0) == {0, 1, 2, 3}
+    renormalised = np.exp(G.filter_logits(logits, G.Sampling(top_k=0, top_p=0.6), []))
+    np.testing.assert_allclose(renormalised[:2], [0.5 / 0.8, 0.3 / 0.8])
+    assert set(np.flatnonzero(np.isfinite(G.filter_logits(logits, G.Sampling(top_k=2), [0])))) == {1, 2}
+    # temperature sharpens before top-p: at T=0.5 token 0 has 0.5^2/(sum of squares) = 0.68 > 0.6
+    assert set(np.flatnonzero(np.isfinite(G.filter_logits(logits, G.Sampling(top_k=0, top_p=0.6,
+                                                                             temperature=0.5), [])))) == {0}
+
+
+def test_beam_search_finds_the_best_sequence_of_an_exhaustive_search(tmp_path):
+    vocab = 12
+    params = dict(TINY, num_vocabulary=vocab, num_contexts=16, num_spout=0)
+    write_model_dir(str(tmp_path), params, original_weights(params, seed=2, scale=2.0))
+    md = open_model_dir(str(tmp_path))
+    ids = special_ids(vocab)
+    prompt = G.Prompt([], [1, 2])
+    runtime = Runtime(md.config, make_mesh(""))
+    width = vocab - 2                      # every allowed first token survives: the search is exhaustive
+    generator = G.Generator(runtime, width, len(prompt.tokens(0, 0)), False)
+    runtime.restore(md.checkpoint)
+    found = G.beam_search(generator, prompt, G.Sampling(max_generate=2, beam_width=width), ids)
+
+    allowed = [t for t in range(vocab) if t not in (ids["not_token"], ids["separator"])]
+    base = prompt.tokens(ids["start"], ids["segmenter"])
+
+    def logp(tokens):   # log-probabilities of the next token after `tokens`
+        forward = runtime.forward(1, len(tokens))
+        logits = runtime.run(forward, ["logits"], np.array([tokens]), np.array([1]), np.array([len(tokens)]))
+        return G.log_softmax(logits["logits"][0, -1])
+
+    first = logp(base)
+    candidates = []
+    for a in allowed:
+        if a == ids["end_of_text"]:
+            candidates.append(((a,), first[a]))
+            continue
+        second = logp(base + [a])
+        candidates += [((a, b), (first[a] + second[b]) / 2) for b in allowed]
+    best = max(candidates, key=lambda c: c[1])
+    assert tuple(found[0].tokens) == best[0]
+    assert found[0].score == pytest.approx(best[1], abs=1e-5)
+    assert [s.score for s in found] == sorted((s.score for s in found), reverse=True)
+
+
+def test_output_ids_expand_the_bag_and_keep_byte_tokens():
+    encoder = SWEEncoder.from_files()
+    ids = {n: encoder.special_id(n) for n in ("start", "bag")}
+    text = "ア\U0001d11e"          # a character the vocabulary spells with byte-fallback tokens
+    tokens = encoder.encode(text)
+    assert any(t in encoder.byte_ids for t in tokens)
+    a = encoder.encode("あ")
+    assert G.output_ids(a + [ids["bag"]], ids) == a * 3
+    assert encoder.decode(G.output_ids(tokens + [encoder.special_id("end_of_text")], ids)) == text
+
+
+def run(argv):
+    run_generate.main(run_generate.build_parser().parse_args(argv))
+
+
+def test_same_seed_same_samples_and_jsonl(model, tmp_path, capsys):
+    outputs = []
+    for name, seed in (("a", "7"), ("b", "7"), ("c", "8")):
+        out = str(tmp_path / f"{name}.jsonl")
+        run(["--model", model, "--context", "今日は", "--num_generate", "2", "--max_generate", "8", "--seed", seed,
+             "--output", out, "--no_stream"])
+        outputs.append([json.loads(line) for line in open(out, encoding="utf-8")])
+    assert [r["tokens"] for r in outputs[0]] == [r["tokens"] for r in outputs[1]]
+    assert [r["tokens"] for r in outputs[0]] != [r["tokens"] for r in outputs[2]]
+    record = outputs[0][0]
+    assert {"context", "prefix", "text", "tokens", "finish_reason", "logprobs", "seconds"} <= set(record)
+    assert record["finish_reason"] in ("end_of_text", "length") and len(record["logprobs"]) == len(record["tokens"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--spout", "8"], "outside the spout"),
+    (["--spout", "{npy}"], "has shape"),
+    (["--top_p", "1.5"], "--top_p"),
+    (["--temperature", "0"], "--temperature"),
+    (["--output", "{existing}"], "already exists"),
+])
+def test_bad_input(model, tmp_path, argv, message):
+    npy, existing = tmp_path / "v.npy", tmp_path / "out.jsonl"
+    np.save(npy, np.zeros(5))
+    existing.write_text("keep")
+    argv = [a.replace("{npy}", str(npy)).replace("{existing}", str(existing)) for a in argv]
+    with pytest.raises(UserError, match=message):
+        run(["--model", model, "--context", "x"] + argv)
+    assert existing.read_text() == "keep"
+
+
+def test_long_context_keeps_its_end_with_a_warning(model, capsys):
+    run(["--model", model, "--context", "長い文章です。" * 20, "--max_generate", "3", "--top_k", "1", "--no_stream"])
+    assert "keeping its last" in capsys.readouterr().err
