@@ -117,7 +117,8 @@ class _EmbeddingLookup(mtf.Operation):
 
     def lower(self, lowering):
         mesh_impl = lowering.mesh_impl(self)
-        if mesh_impl.tensor_dimension_to_mesh_axis(self._table_dim) is not None:
+        axis = mesh_impl.tensor_dimension_to_mesh_axis(self._table_dim)
+        if axis is not None and mesh_impl.shape[axis].size > 1:
             raise ValueError(f"the layout splits '{self._table_dim.name}', which embedding lookups need whole")
         weights, ids = (lowering.tensors[t] for t in self.inputs)
         lowering.set_tensor_lowering(self.outputs[0], mesh_impl.slicewise(
@@ -212,6 +213,7 @@ class Routing:
     """Top-1 routing of one group batch: dispatch/combine tensors, the auxiliary loss and statistics."""
 
     dispatch: mtf.Tensor       # [groups, group, experts, capacity] 0/1
+    expert_index: mtf.Tensor   # [groups, group] the top-1 expert of each token
     combine: mtf.Tensor        # dispatch * gate
     aux_loss: mtf.Tensor
     expert_fraction: mtf.Tensor
@@ -243,14 +245,20 @@ def route(router_logits: mtf.Tensor, nonpadding: mtf.Tensor, dims: Dims, capacit
         aux_loss += config.router_z_loss_coef * mtf.reduce_sum(z * nonpadding) / mtf.maximum(
             mtf.reduce_sum(nonpadding), 1.0)
     real = mtf.maximum(mtf.reduce_sum(nonpadding), 1.0)
-    return Routing(dispatch=dispatch, combine=dispatch * gate, aux_loss=aux_loss,
+    return Routing(dispatch=dispatch, expert_index=index, combine=dispatch * gate, aux_loss=aux_loss,
                    expert_fraction=mtf.reduce_sum(expert_mask, output_shape=[experts]) / real,
                    dropped_fraction=1.0 - mtf.reduce_sum(kept) / real)
 
 
 def switch_ffn(x: mtf.Tensor, dims: Dims, config: ModelConfig, nonpadding: mtf.Tensor, groups: int,
-               capacity: int, jitter: mtf.Tensor | None, dtype: mtf.VariableDType) -> tuple[mtf.Tensor, Routing]:
-    """Top-1 mixture of ReLU experts plus the dense tanh "softmlp" bypass (spec §3.5)."""
+               capacity: int, jitter: mtf.Tensor | None, dtype: mtf.VariableDType,
+               gather_experts: bool = False) -> tuple[mtf.Tensor, Routing]:
+    """Top-1 mixture of ReLU experts plus the dense tanh "softmlp" bypass (spec §3.5).
+
+    ``gather_experts`` (one token per group, experts not split over the mesh: a generation step)
+    fetches each token's routed expert instead of running every expert's capacity slots, which
+    would read all experts' weights for one token. The result is the same.
+    """
     batch, length = x.shape.dims[:2]
     group = dim("group", batch.size * length.size // groups)
     grouped_shape = [dim("batch", groups), group]
@@ -268,11 +276,18 @@ def switch_ffn(x: mtf.Tensor, dims: Dims, config: ModelConfig, nonpadding: mtf.T
                    fan_in_truncated_normal(dims.d_model.size), dtype)
     w_o = variable(x.mesh, "wo/kernel", [dims.experts, dims.expert_hidden, dims.d_model],
                    fan_in_truncated_normal(dims.expert_hidden.size), dtype)
-    slots = [dims.experts, grouped_shape[0], routing.dispatch.shape.dims[-1]]
-    expert_in = mtf.einsum([xg, mtf.cast(routing.dispatch, x.dtype)], mtf.Shape(slots + [dims.d_model]))
-    hidden = mtf.relu(mtf.einsum([expert_in, w_i], mtf.Shape(slots + [dims.expert_hidden])))
-    expert_out = mtf.einsum([hidden, w_o], mtf.Shape(slots + [dims.d_model]))
-    moe = mtf.einsum([expert_out, mtf.cast(routing.combine, x.dtype)], mtf.Shape(grouped_shape + [dims.d_model]))
+    if gather_experts:
+        hidden = mtf.relu(mtf.einsum([xg, embed(w_i, routing.expert_index)],
+                                     mtf.Shape(grouped_shape + [dims.expert_hidden])))
+        expert_out = mtf.einsum([hidden, embed(w_o, routing.expert_index)], mtf.Shape(grouped_shape + [dims.d_model]))
+        moe = expert_out * mtf.cast(mtf.reduce_sum(routing.combine, output_shape=grouped_shape), x.dtype)
+    else:
+        slots = [dims.experts, grouped_shape[0], routing.dispatch.shape.dims[-1]]
+        expert_in = mtf.einsum([xg, mtf.cast(routing.dispatch, x.dtype)], mtf.Shape(slots + [dims.d_model]))
+        hidden = mtf.relu(mtf.einsum([expert_in, w_i], mtf.Shape(slots + [dims.expert_hidden])))
+        expert_out = mtf.einsum([hidden, w_o], mtf.Shape(slots + [dims.d_model]))
+        moe = mtf.einsum([expert_out, mtf.cast(routing.combine, x.dtype)],
+                         mtf.Shape(grouped_shape + [dims.d_model]))
 
     w_soft = variable(x.mesh, "softmlp/kernel", [dims.d_model, dims.d_model_out], _normal(0.01), dtype)
     bypass = mtf.tanh(mtf.einsum([x, w_soft], mtf.Shape([batch, length, dims.d_model_out])))
@@ -343,7 +358,7 @@ class Inputs:
 
 
 def forward(mesh: mtf.Mesh, config: ModelConfig, inputs: Inputs, *, training: bool = False,
-            batch_split: int = 1, jitter_seed: tf.Tensor | None = None,
+            batch_split: int = 1, experts_split: bool = True, jitter_seed: tf.Tensor | None = None,
             activation_dtype=tf.float32) -> Outputs:
     """The network from token ids to logits (spec §3).
 
@@ -352,6 +367,8 @@ def forward(mesh: mtf.Mesh, config: ModelConfig, inputs: Inputs, *, training: bo
     batch, as the original; at inference each sequence is its own group, so a sequence's output does
     not depend on the rest of the batch. ``jitter_seed`` (a stateless-random seed, shape [2]) turns
     on the router-input jitter; the noise is drawn outside the mesh so every layout sees the same.
+    ``experts_split`` says whether the layout splits the experts over the mesh (then one-token steps
+    cannot fetch a single expert's weights and run every expert instead).
     """
     dims = Dims(config)
     dtype = mtf.VariableDType(tf.float32, tf.float32, activation_dtype)
@@ -361,8 +378,11 @@ def forward(mesh: mtf.Mesh, config: ModelConfig, inputs: Inputs, *, training: bo
         factor = config.capacity_factor_train
     else:
         groups, factor = batch.size, config.capacity_factor_eval
-    capacity = expert_capacity(batch.size * length.size // groups, config.num_experts, factor,
-                               config.min_expert_capacity)
+    group_size = batch.size * length.size // groups
+    capacity = expert_capacity(group_size, config.num_experts, factor, config.min_expert_capacity)
+    if not training:   # no expert can receive more than the whole group: the same tokens are kept, fewer
+        capacity = min(capacity, group_size)   # empty slots computed (one token per step: 1 slot)
+    gather = group_size == 1 and not training and not experts_split
     has_spout, cache = inputs.spout is not None, inputs.cache
     if has_spout and not config.num_spout:
         raise ValueError("this model has no spout (num_spout is 0)")
@@ -407,7 +427,8 @@ def forward(mesh: mtf.Mesh, config: ModelConfig, inputs: Inputs, *, training: bo
                     jitter = _jitter(mesh, [batch, length, dims.d_model], config.router_jitter,
                                      jitter_seed, layer)
                 with tf.variable_scope(f"moe{layer}"):
-                    f, routing = switch_ffn(x, dims, config, inputs.nonpadding, groups, capacity, jitter, dtype)
+                    f, routing = switch_ffn(x, dims, config, inputs.nonpadding, groups, capacity, jitter, dtype,
+                                            gather_experts=gather)
                 aux_loss += routing.aux_loss
                 fractions.append(routing.expert_fraction)
                 dropped.append(routing.dropped_fraction)

@@ -182,7 +182,10 @@ class Runtime:
                     keys=[mtf.import_tf_tensor(mesh, k.read_value(), shape) for k, _ in cache],
                     values=[mtf.import_tf_tensor(mesh, v.read_value(), shape) for _, v in cache],
                     index=imported("slot_index", [batch, slots]), spout_slot=spout)
-            outputs = network.forward(mesh, c, inputs, training=training, batch_split=self.mesh.batch_split)
+            axis = self.mesh.mesh_impl.tensor_dimension_to_mesh_axis(dims.experts)
+            experts_split = axis is not None and self.mesh.mesh_impl.shape[axis].size > 1
+            outputs = network.forward(mesh, c, inputs, training=training, batch_split=self.mesh.batch_split,
+                                      experts_split=experts_split)
             lowering = mtf.Lowering(graph, {mesh: self.mesh.mesh_impl})
             self._lowerings.append(lowering)
             export = lowering.export_to_tf_tensor

@@ -64,13 +64,10 @@ def learning_rate(step: tf.Tensor, s: Settings) -> tf.Tensor:
 
 def read_batches(files: list[str], num_context: int, batch_size: int, repeat: bool) -> tf.data.Dataset:
     """Records in file order (shuffling happens when records are written), as int32 tensors."""
-    from modeling.records import feature_spec  # noqa: PLC0415
-
-    spec = feature_spec(num_context)
+    from modeling.records import parse_record  # noqa: PLC0415
 
     def parse(serialized):
-        features = tf.io.parse_single_example(serialized, spec)
-        return {k: tf.cast(v, tf.int32) for k, v in features.items()}
+        return {k: tf.cast(v, tf.int32) for k, v in parse_record(serialized, num_context).items()}
 
     dataset = tf.data.TFRecordDataset(files).map(parse)
     if repeat:
