@@ -16,4 +16,29 @@ echo "今日は駅前の新しいパン屋でメロンパンを買いました�
 echo "== 2. corpus statistics of the sample corpus"
 "$PYTHON" encode_swe.py stats examples/corpus/*.txt
 
-echo "quick start finished. Records, pretraining, generation, [MASK] filling and fine-tuning join this script as they land."
+echo "== 3. training records (hybrid prefix-LM, 128 tokens each)"
+"$PYTHON" encode_swe.py records --input examples/corpus/*.txt --output "$WORK/records" --mode hybrid \
+    --num_context 128 --hybrid_rate 0.3 --num_shards 2 --overwrite
+
+echo "== 4. pretrain a tiny model for 200 steps (rerun the same command to resume)"
+cat > "$WORK/tiny.json" <<'JSON'
+{"train_params": {"batch_size": 8, "base_lr": 2e-3, "num_warmup_steps": 20},
+ "model_params": {"num_contexts": 128, "num_switch_layers": 2, "num_ext_layers": 0, "num_hidden": 64,
+                  "num_header": 4, "num_experts": 4, "num_pallarelizm": 1, "num_vocabulary": 36000,
+                  "train_mode": "hybrid", "num_spout": 16}}
+JSON
+"$PYTHON" run_pretrain.py --parameter_file "$WORK/tiny.json" --model_dir "$WORK/model" \
+    --input_files "$WORK/records/*.tfrecord" --max_steps 200 --save_every 100 --spout_vector uniform
+
+echo "== 5. release copy without optimizer slots"
+"$PYTHON" run_pretrain.py --model_dir "$WORK/model" --export "$WORK/release" --overwrite
+
+echo "== 6. generate (KV cache, top-p, a bidirectional prefix)"
+"$PYTHON" run_generate.py --model "$WORK/release" --prefix "料理" --context "今日は" --max_generate 40 \
+    --top_p 0.9 --seed 1 --output "$WORK/generated.jsonl" --overwrite
+
+echo "== 7. fill [MASK] and export per-layer vectors"
+"$PYTHON" run_languagemodel.py --model "$WORK/release" --context "今日は[MASK]を買いました。" \
+    --output "$WORK/mask.json" --overwrite
+
+echo "quick start finished: records, model and outputs are in $WORK. Fine-tuning joins this script when it lands."
