@@ -273,6 +273,9 @@ def run_from_args(args, directory: str, parameters, frozen: frozenset[str] = fro
     files = expand_files(args.input_files, "--input_files")
     check_record_length(files, config.num_contexts, "--input_files")
     precision = "bfloat16" if args.use_bfloat16 else "float16" if args.use_mixed_precision else "float32"
+    if args.optimizer == "adafactor" and precision != "float32":
+        raise UserError("--optimizer adafactor needs float32 activations: Mesh TensorFlow's Adafactor updates "
+                        "the weights from their rounded low-precision copy; use Adam with --use_bfloat16")
     if args.spout_vector != "none" and not config.num_spout:
         raise UserError("--spout_vector needs a model with a spout (num_spout > 0 in parameters.json)")
     settings = Settings(

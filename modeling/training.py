@@ -93,6 +93,23 @@ def spout_inputs(mode: str, record_ids: tf.Tensor, num_spout: int, seed: tf.Tens
                       tf.random.stateless_uniform([batch, num_spout - half], seed=seed)], axis=1)
 
 
+def import_batch(mesh: mtf.Mesh, batch: dict[str, tf.Tensor], config: ModelConfig, s: Settings,
+                 seed: tf.Tensor) -> tuple[network.Inputs, mtf.Tensor]:
+    """A batch of records as network inputs and targets. With a spout, records lose their last token:
+    the spout takes position 0 and positions are never clipped (D14). Padding is <|nottoken|>."""
+    spout = spout_inputs(s.spout_vector, batch["i"][:, 0], config.num_spout, seed)
+    if spout is not None:
+        batch = {k: v[:, :config.num_contexts - 1] if k in ("x", "y") else v for k, v in batch.items()}
+    b, t = mtf.Dimension("batch", s.batch_size), mtf.Dimension("length", batch["x"].shape[1])
+    nonpadding = tf.cast(tf.not_equal(batch["x"], config.num_vocabulary - 4), tf.float32)
+    inputs = network.Inputs(
+        tokens=mtf.import_tf_tensor(mesh, batch["x"], mtf.Shape([b, t])),
+        prefix=mtf.import_tf_tensor(mesh, batch["num_input"][:, 0], mtf.Shape([b])),
+        nonpadding=mtf.import_tf_tensor(mesh, nonpadding, mtf.Shape([b, t])),
+        spout=None if spout is None else mtf.import_tf_tensor(mesh, spout, mtf.Shape([b, network.Dims(config).spout])))
+    return inputs, mtf.import_tf_tensor(mesh, batch["y"], mtf.Shape([b, t]))
+
+
 def lm_loss(logits: mtf.Tensor, targets: mtf.Tensor, z_loss: float) -> mtf.Tensor:
     """Mean over targeted positions of -log p(y) + z_loss * (log Z)^2 (spec §9); y = -1 is ignored."""
     vocab = logits.shape.dims[-1]
@@ -115,10 +132,12 @@ def adam_update(variables: list[mtf.Variable], grads: list[mtf.Tensor], lr: mtf.
                 clip_scale: mtf.Tensor, finite: mtf.Tensor) -> list[mtf.Operation]:
     """AdamW as the original (no bias correction; spec §10.1), decoupled weight decay only where
     ``decays_weight``; slots ``<name>/adam_m``, ``<name>/adam_v`` as in the original checkpoints.
-    A step with a non-finite gradient (``finite`` = 0) leaves every variable and slot unchanged."""
+
+    Updates are float32 and subtracted from the float32 slices (``assign_sub``), so bfloat16 or
+    float16 activations never round the weights. A step with a non-finite gradient (``finite`` = 0)
+    leaves every variable and slot unchanged."""
     ops = []
     for var, grad in zip(variables, grads):
-        value = var.outputs[0]
         grad = grad * clip_scale
         with tf.variable_scope(var.name):
             m = mtf.get_variable(var.mesh, "adam_m", var.shape, initializer=tf.zeros_initializer(), trainable=False)
@@ -127,9 +146,9 @@ def adam_update(variables: list[mtf.Variable], grads: list[mtf.Tensor], lr: mtf.
         new_v = v * ADAM_BETA2 + mtf.square(grad) * (1.0 - ADAM_BETA2)
         step = new_m / (mtf.sqrt(new_v) + ADAM_EPSILON)
         if decays_weight(var.name):
-            step += value * s.weight_decay
-        for target, old, new in ((var, value, value - step * lr), (m.operation, m, new_m), (v.operation, v, new_v)):
-            ops.append(mtf.assign(target, select(finite, new, old)))
+            step += mtf.cast(var.outputs[0], tf.float32) * s.weight_decay
+        ops.append(mtf.assign_sub(var, select(finite, step * lr, mtf.zeros_like(step))))
+        ops += [mtf.assign(slot.operation, select(finite, new, slot)) for slot, new in ((m, new_m), (v, new_v))]
     return ops
 
 
@@ -170,25 +189,10 @@ def build(config: ModelConfig, s: Settings, mesh: MeshSetup) -> TrainGraph:
             read_batches(s.input_files, config.num_contexts, s.batch_size, repeat=True))
         tf.add_to_collection(tf.GraphKeys.SAVEABLE_OBJECTS,
                              tf.data.experimental.make_saveable_from_iterator(iterator))
-        batch = iterator.get_next()
         seed = tf.stack([tf.constant(s.seed, tf.int64), global_step])
-        spout = spout_inputs(s.spout_vector, batch["i"][:, 0], config.num_spout, seed)
-        if spout is not None:  # the spout takes position 0: records lose their last token (D14)
-            batch = {k: v[:, :config.num_contexts - 1] if k in ("x", "y") else v for k, v in batch.items()}
-        length = batch["x"].shape[1]
-        not_token = config.num_vocabulary - 4
-        nonpadding = tf.cast(tf.not_equal(batch["x"], not_token), tf.float32)
-
         mesh_graph = mtf.Graph()
         m = mtf.Mesh(mesh_graph, "mesh")
-        b, t = mtf.Dimension("batch", s.batch_size), mtf.Dimension("length", length)
-        inputs = network.Inputs(
-            tokens=mtf.import_tf_tensor(m, batch["x"], mtf.Shape([b, t])),
-            prefix=mtf.import_tf_tensor(m, batch["num_input"][:, 0], mtf.Shape([b])),
-            nonpadding=mtf.import_tf_tensor(m, nonpadding, mtf.Shape([b, t])),
-            spout=None if spout is None else mtf.import_tf_tensor(
-                m, spout, mtf.Shape([b, network.Dims(config).spout])))
-        targets = mtf.import_tf_tensor(m, batch["y"], mtf.Shape([b, t]))
+        inputs, targets = import_batch(m, iterator.get_next(), config, s, seed)
         outputs = network.forward(m, config, inputs, training=True, batch_split=mesh.batch_split,
                                   jitter_seed=seed, activation_dtype=activation_dtype)
         lm = lm_loss(outputs.logits, targets, config.output_z_loss_coef)
@@ -197,11 +201,11 @@ def build(config: ModelConfig, s: Settings, mesh: MeshSetup) -> TrainGraph:
         variables = [v for v in mesh_graph.trainable_variables if v.name not in s.frozen]
         loss_scale = _loss_scale_variable() if s.precision == "float16" else None
         scaled = total * mtf.import_tf_tensor(m, loss_scale, mtf.Shape([])) if loss_scale is not None else total
-        grads = mtf.gradients([scaled], [v.outputs[0] for v in variables])
+        grads = [mtf.cast(g, tf.float32) for g in mtf.gradients([scaled], [v.outputs[0] for v in variables])]
         if loss_scale is not None:
             unscale = mtf.import_tf_tensor(m, 1.0 / loss_scale, mtf.Shape([]))
             grads = [g * unscale for g in grads]
-        squares = [mtf.reduce_sum(mtf.square(mtf.cast(g, tf.float32))) for g in grads]
+        squares = [mtf.reduce_sum(mtf.square(g)) for g in grads]
         grad_norm = mtf.sqrt(mtf.add_n(squares))
         finite = mtf.less(grad_norm, float("inf"))      # False for inf and NaN
         if s.clip_gradients > 0:
@@ -231,13 +235,12 @@ def build(config: ModelConfig, s: Settings, mesh: MeshSetup) -> TrainGraph:
             else tf.zeros([0, config.num_experts]),
             "dropped_fraction": tf.stack([export(d) for d in outputs.dropped_fraction]) if outputs.dropped_fraction
             else tf.zeros([0]),
-            "real_tokens": tf.reduce_sum(nonpadding),
         }
         if loss_scale is not None:
             metrics["loss_scale"] = tf.identity(loss_scale)
         saver = tf.train.Saver(max_to_keep=None, save_relative_paths=True)  # keeping K is done by the caller
-        return TrainGraph(graph, train_op, global_step, metrics, s.batch_size * length, lowering,
-                          saver, tf.global_variables_initializer(), lowering.copy_masters_to_slices(),
+        return TrainGraph(graph, train_op, global_step, metrics, inputs.tokens.shape.size, lowering, saver,
+                          tf.global_variables_initializer(), lowering.copy_masters_to_slices(),
                           lowering.copy_slices_to_masters())
 
 
@@ -285,23 +288,10 @@ def build_evaluation(config: ModelConfig, s: Settings, mesh: MeshSetup, train: T
     with train.graph.as_default(), tf.variable_scope("", reuse=True):
         iterator = tf.data.make_initializable_iterator(
             read_batches(files, config.num_contexts, s.batch_size, repeat=False))
-        batch = iterator.get_next()
-        spout = spout_inputs(s.spout_vector, batch["i"][:, 0], config.num_spout,
-                             tf.constant([s.seed, -1], tf.int64))
-        if spout is not None:
-            batch = {k: v[:, :config.num_contexts - 1] if k in ("x", "y") else v for k, v in batch.items()}
-        length = batch["x"].shape[1]
         mesh_graph = mtf.Graph()
         m = mtf.Mesh(mesh_graph, "mesh")
-        b, t = mtf.Dimension("batch", s.batch_size), mtf.Dimension("length", length)
-        nonpadding = tf.cast(tf.not_equal(batch["x"], config.num_vocabulary - 4), tf.float32)
-        inputs = network.Inputs(
-            tokens=mtf.import_tf_tensor(m, batch["x"], mtf.Shape([b, t])),
-            prefix=mtf.import_tf_tensor(m, batch["num_input"][:, 0], mtf.Shape([b])),
-            nonpadding=mtf.import_tf_tensor(m, nonpadding, mtf.Shape([b, t])),
-            spout=None if spout is None else mtf.import_tf_tensor(m, spout, mtf.Shape([b, network.Dims(config).spout])))
+        inputs, targets = import_batch(m, iterator.get_next(), config, s, tf.constant([s.seed, -1], tf.int64))
         outputs = network.forward(m, config, inputs, batch_split=mesh.batch_split)
-        targets = mtf.import_tf_tensor(m, batch["y"], mtf.Shape([b, t]))
         vocab = outputs.logits.shape.dims[-1]
         nll = mtf.reduce_logsumexp(outputs.logits, vocab) - mtf.reduce_sum(
             outputs.logits * mtf.one_hot(targets, vocab, dtype=tf.float32), reduced_dim=vocab)

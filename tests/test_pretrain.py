@@ -175,3 +175,16 @@ def test_bad_input_is_one_clear_error(data, tmp_path):
         train(argv(data, tmp_path / "b", "--max_steps", "1", "--parameter_file", str(wrong)))
     with pytest.raises(UserError, match="first run needs --parameter_file"):
         train(["--model_dir", str(tmp_path / "c"), "--input_files", str(data / "train.tfrecord")])
+
+
+def test_low_precision_trains_and_float16_scales_the_loss(data, tmp_path):
+    train(argv(data, tmp_path / "fp16", "--max_steps", "4", "--learning_rate", "1e-2", "--warmup_steps", "1",
+               "--use_mixed_precision"))
+    scales = losses(tmp_path / "fp16", "loss_scale")
+    assert scales and all(s >= 1.0 for s in scales)
+    train(argv(data, tmp_path / "bf16", "--max_steps", "6", "--learning_rate", "1e-2", "--warmup_steps", "1",
+               "--use_bfloat16"))
+    lm = losses(tmp_path / "bf16")
+    assert np.isfinite(lm).all() and lm[-1] < lm[0]
+    with pytest.raises(UserError, match="adafactor needs float32"):
+        train(argv(data, tmp_path / "x", "--max_steps", "1", "--optimizer", "adafactor", "--use_bfloat16"))
