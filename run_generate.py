@@ -57,33 +57,13 @@ def check_flags(args) -> None:
 
 def read_prompts(args) -> list[dict]:
     """Prompt objects {context, prefix, spout} from the flags or --context_file."""
+    from modeling.files import read_items  # noqa: PLC0415
+
     if not args.context_file:
         return [{"context": args.context, "prefix": args.prefix, "spout": args.spout}]
-    from modeling.mtf_compat import tf  # noqa: PLC0415
-
-    if args.context_file == "-":
-        lines = sys.stdin.read().splitlines()
-    elif not tf.io.gfile.exists(args.context_file):
-        raise cli.UserError(f"--context_file {args.context_file} not found")
-    else:
-        with tf.io.gfile.GFile(args.context_file, "r") as f:
-            lines = f.read().splitlines()
-    prompts = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        if line.lstrip().startswith("{"):
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise cli.UserError(f"{args.context_file}:{number}: invalid JSON ({error.msg})") from None
-            prompts.append({"context": str(obj.get("context", "")), "prefix": str(obj.get("prefix", args.prefix)),
-                            "spout": str(obj.get("spout", args.spout)), "line": number})
-        else:
-            prompts.append({"context": line, "prefix": args.prefix, "spout": args.spout, "line": number})
-    if not prompts:
-        raise cli.UserError(f"--context_file {args.context_file} has no prompts")
-    return prompts
+    return [{"context": context, "prefix": str(extra.get("prefix", args.prefix)),
+             "spout": str(extra.get("spout", args.spout)), "line": number}
+            for number, context, extra in read_items(args.context_file, "--context_file")]
 
 
 def main(args) -> None:

@@ -29,33 +29,6 @@ def build_parser():
     return p
 
 
-def read_inputs(path: str) -> list[tuple[str, dict]]:
-    """(context, other keys) for each non-empty line of a text or JSONL file."""
-    from modeling.mtf_compat import tf  # noqa: PLC0415
-
-    if not tf.io.gfile.exists(path):
-        raise cli.UserError(f"--input_file {path} not found")
-    items = []
-    with tf.io.gfile.GFile(path, "r") as f:
-        for number, line in enumerate(f, start=1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            if line.lstrip().startswith("{"):
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise cli.UserError(f"{path}:{number}: invalid JSON ({error.msg})") from None
-                if not isinstance(obj.get("context"), str):
-                    raise cli.UserError(f"{path}:{number}: a JSON line needs a string 'context'")
-                items.append((obj.pop("context"), obj))
-            else:
-                items.append((line, {}))
-    if not items:
-        raise cli.UserError(f"--input_file {path} has no non-empty lines")
-    return items
-
-
 def main(args) -> None:
     from tqdm import tqdm  # noqa: PLC0415
 
@@ -72,9 +45,9 @@ def main(args) -> None:
     model_dir = open_model_dir(args.model)
     config = model_dir.config
     encoder = load_tokenizer(model_dir, args.vocabulary, args.emoji)
-    inputs = read_inputs(args.input_file) if args.input_file else [(args.context, {})]
+    inputs = files.read_items(args.input_file, "--input_file") if args.input_file else [(0, args.context, {})]
     examples = []
-    for number, (text, extra) in enumerate(inputs, start=1):
+    for number, text, extra in inputs:
         where = f"{args.input_file}:{number}" if args.input_file else "--context"
         example = languagemodel.layout(encoder, text, args.mask, config.train_mode, config.num_contexts, where)
         example.extra = extra

@@ -40,3 +40,34 @@ def write_json(path: str, data: Any) -> None:
     """``data`` as indented UTF-8 JSON, atomically."""
     with atomic_output(path) as f:
         f.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+
+
+def read_items(path: str, flag: str) -> list[tuple[int, str, dict]]:
+    """(line number, context, other keys) for every non-empty line of ``path`` ('-' = stdin): a line is
+    plain text, or a JSON object whose ``context`` (default "") is the text."""
+    import sys  # noqa: PLC0415
+
+    if path == "-":
+        lines = sys.stdin.read().splitlines()
+    elif not tf.io.gfile.exists(path):
+        raise UserError(f"{flag} {path} not found")
+    else:
+        with tf.io.gfile.GFile(path, "r") as f:
+            lines = f.read().splitlines()
+    items = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        if not line.lstrip().startswith("{"):
+            items.append((number, line, {}))
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise UserError(f"{path}:{number}: invalid JSON ({error.msg})") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("context", ""), str):
+            raise UserError(f"{path}:{number}: a JSON line must be an object whose 'context' is a string")
+        items.append((number, obj.pop("context", ""), obj))
+    if not items:
+        raise UserError(f"{flag} {path} has no non-empty lines")
+    return items

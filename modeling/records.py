@@ -60,7 +60,7 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 from encode_swe import DEFAULT_EMOJI, DEFAULT_VOCABULARY, SWEEncoder, TokenizerError, decode_utf8
@@ -245,31 +245,25 @@ class _Cursor:
         return len(self.rest) + self.prefix_after[self.line + 1]
 
     def take_prefix(self, count: int, ids: SpecialIds) -> list[int]:
-        out: list[int] = []
-        while count > 0 and not self.done():
-            tokens = self.rest if self.rest is not None else self.prefix[self.line]
-            if len(tokens) <= count:
-                out += tokens
-                count -= len(tokens)
-                self.line, self.rest = self.line + 1, None
-            else:
-                out += tokens[:count]
-                remainder = tokens[count:]
-                self.rest = remainder if self.rest is not None else bag_compress(remainder, ids)
-                count = 0
-        return out
+        """Up to ``count`` prefix tokens; the causal rest of a line cut here is bag-compressed."""
+        return self._take(count, self.prefix, lambda rest, was_rest: rest if was_rest else bag_compress(rest, ids))
 
     def take_causal(self, count: int) -> list[int]:
+        return self._take(count, self.causal, lambda rest, _was_rest: rest)
+
+    def _take(self, count: int, lines: Sequence[list[int]], cut: Callable[[list[int], bool], list[int]]) -> list[int]:
+        """Whole lines (or the rest of a cut one) until ``count`` tokens; ``cut(rest, was_rest)`` is what
+        remains of a line cut in the middle."""
         out: list[int] = []
         while count > 0 and not self.done():
-            tokens = self.rest if self.rest is not None else self.causal[self.line]
+            tokens = self.rest if self.rest is not None else lines[self.line]
             if len(tokens) <= count:
                 out += tokens
                 count -= len(tokens)
                 self.line, self.rest = self.line + 1, None
             else:
                 out += tokens[:count]
-                self.rest = tokens[count:]
+                self.rest = cut(tokens[count:], self.rest is not None)
                 count = 0
         return out
 

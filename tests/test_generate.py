@@ -180,3 +180,14 @@ def test_bad_input(model, tmp_path, argv, message):
 def test_long_context_keeps_its_end_with_a_warning(model, capsys):
     run(["--model", model, "--context", "長い文章です。" * 20, "--max_generate", "3", "--top_k", "1", "--no_stream"])
     assert "keeping its last" in capsys.readouterr().err
+
+
+def test_context_file_lines_and_jsonl(model, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text('今日は\n\n{"context": "明日は", "prefix": "天気"}\n', encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    run(["--model", model, "--context_file", str(prompts), "--max_generate", "3", "--top_k", "1",
+         "--batch_size", "2", "--output", str(out), "--no_stream"])
+    records = [json.loads(line) for line in open(out, encoding="utf-8")]
+    assert [(r["context"], r["prefix"]) for r in records] == [("今日は", ""), ("明日は", "天気")]
+    assert all(len(r["tokens"]) == 3 or r["finish_reason"] == "end_of_text" for r in records)
