@@ -15,13 +15,18 @@ def build_parser():
     p.add_argument("--output", required=True, help="fine-tuned model directory (created, or resumed)")
     p.add_argument("--add_layers", type=int, default=2, help="dense extra layers appended; 0 = spout only")
     cli.add_training_flags(p, default_learning_rate=1e-4)
+    cli.add_tokenizer_flags(p)
     cli.add_mesh_flags(p)
     cli.add_precision_flags(p)
     return p
 
 
 def main(args) -> None:
-    raise cli.UserError("fine-tuning lands with issue 7; this front only documents its flags for now")
+    from modeling import finetune  # noqa: PLC0415
+    from modeling.loop import run_from_args  # noqa: PLC0415
+
+    prepared = finetune.prepare(args.base_model, args.output, args.add_layers, args.vocabulary, args.emoji, args.seed)
+    run_from_args(args, args.output, prepared.parameters, prepared.frozen)
 
 
 if __name__ == "__main__":

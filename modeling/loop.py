@@ -119,6 +119,20 @@ class Log:
             f.write("".join(line + "\n" for line in self.lines))
 
 
+def _is_training_checkpoint(prefix: str, g: TrainGraph) -> bool:
+    """Whether ``prefix`` holds everything the saver restores (slots and input position included)."""
+    names = set(dict(tf.train.list_variables(prefix)))
+    return all(v.op.name in names for v in tf.global_variables()) and any(n.endswith("_STATE") for n in names)
+
+
+def _warm_start(session: tf.Session, prefix: str) -> None:
+    """Load the variables ``prefix`` has (same names and shapes); the others keep their initial values."""
+    found = dict(tf.train.list_variables(prefix))
+    present = {v.op.name: v for v in tf.global_variables()
+               if v.op.name in found and list(found[v.op.name]) == v.shape.as_list()}
+    tf.train.Saver(present).restore(session, prefix)
+
+
 def _checkpoints(directory: str) -> list[str]:
     """Checkpoint prefixes in ``directory``, oldest first."""
     prefixes = [name[:-len(".index")] for name in tf.io.gfile.glob(os.path.join(directory, CHECKPOINT_PREFIX + "-*.index"))]
@@ -183,10 +197,12 @@ def train(directory: str, g: TrainGraph, session_config: tf.ConfigProto, master:
     try:
         with g.graph.as_default(), tf.Session(master, config=session_config) as session:
             prefix = latest_checkpoint(directory)
-            if prefix:
+            if prefix and _is_training_checkpoint(prefix, g):
                 g.saver.restore(session, prefix)
             else:
                 session.run(g.init_op)
+                if prefix:   # weights only (a release or a new fine-tuning directory): slots start at zero
+                    _warm_start(session, prefix)
             session.run(g.copy_masters_to_slices)
             step = int(session.run(g.global_step))
             log = Log(directory, step)

@@ -1,0 +1,115 @@
+"""Fine-tuning directories: a frozen base model plus N dense extra layers and the spout (spec §15).
+
+``prepare`` makes the output directory on the first run: the base weights copied, N extra layers
+appended after the existing ones (with ``ete`` if the base had none), the spout's output projection
+re-created for the new layer count, ``parameters.json`` updated, ``ignore-params.json`` listing the
+frozen variables in the original format, the tokenizer copied, and ``finetune.json`` recording the
+base, so that a rerun resumes and another base is refused. New biases start at zero (D17).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from modeling import checkpoint, runtime
+from modeling.cli import UserError
+from modeling.config import Parameters, read_parameters, write_parameters
+from modeling.files import write_json
+from modeling.mtf_compat import tf
+
+IGNORE_FILE, MARKER_FILE = "ignore-params.json", "finetune.json"
+
+
+def new_layer_shapes(config, layer: int) -> dict[str, tuple[int, ...]]:
+    """Variables of one dense extra layer (spec §4.3)."""
+    d, h = config.num_hidden, config.num_header
+    return {f"model/att{layer}/qkv/kernel": (d, 3, h, d // h), f"model/att{layer}/o/kernel": (h, d // h, d),
+            f"model/an{layer}/g": (d,), f"model/an{layer}/b": (d,), f"model/ln{layer}/g": (d,), f"model/ln{layer}/b": (d,),
+            f"model/mlp{layer}/p1/kernel": (d, config.ext_size), f"model/mlp{layer}/p1/bias": (config.ext_size,),
+            f"model/mlp{layer}/p2/kernel": (config.ext_size, d), f"model/mlp{layer}/p2/bias": (d,)}
+
+
+def initial_value(name: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Kernels N(0, 0.02) as the converter; LayerNorm gains 1; biases, LayerNorm offsets and ete 0."""
+    if name.endswith("/g"):
+        return np.ones(shape, np.float32)
+    if name.endswith(("/b", "/bias", "/ete")):
+        return np.zeros(shape, np.float32)
+    return (0.02 * rng.standard_normal(shape)).astype(np.float32)
+
+
+def frozen_names(directory: str) -> frozenset[str]:
+    with tf.io.gfile.GFile(os.path.join(directory, IGNORE_FILE), "r") as f:
+        return frozenset(json.load(f))
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    parameters: Parameters
+    frozen: frozenset[str]
+
+
+def prepare(base_dir: str, output: str, add_layers: int, vocabulary: str | None, emoji: str | None,
+            seed: int) -> Prepared:
+    """The fine-tuning directory ``output`` for ``base_dir``: created on the first run, checked after."""
+    if add_layers < 0:
+        raise UserError(f"--add_layers must be >= 0, got {add_layers}")
+    base = runtime.open_model_dir(base_dir)
+    marker = {"base_model": base_dir, "base_checkpoint": os.path.basename(base.checkpoint), "add_layers": add_layers}
+    marker_path = os.path.join(output, MARKER_FILE)
+    if tf.io.gfile.exists(marker_path):
+        with tf.io.gfile.GFile(marker_path, "r") as f:
+            found = json.load(f)
+        if {k: found.get(k) for k in marker} != marker:
+            raise UserError(f"{output} is a fine-tune of {found.get('base_model')} ({found.get('base_checkpoint')}, "
+                            f"--add_layers {found.get('add_layers')}), not of this base: choose another --output")
+        return Prepared(read_parameters(os.path.join(output, runtime.PARAMETERS_FILE)), frozen_names(output))
+    if tf.io.gfile.exists(output) and tf.io.gfile.listdir(output):
+        raise UserError(f"{output} exists and is not a fine-tuning directory: choose a new --output")
+    staging = output.rstrip("/") + ".tmp-prepare"   # renamed into place only when complete
+    if tf.io.gfile.exists(staging):
+        tf.io.gfile.rmtree(staging)
+
+    config = base.config.replace(num_ext_layers=base.config.num_ext_layers + add_layers)
+    reader = tf.train.load_checkpoint(base.checkpoint)
+    base_names = sorted(n for n in reader.get_variable_to_shape_map() if checkpoint.is_model_variable(n))
+    rng = np.random.default_rng(seed)
+    new_shapes = {}
+    for layer in range(base.config.num_layers, config.num_layers):
+        new_shapes.update(new_layer_shapes(config, layer))
+    if add_layers and not base.config.num_ext_layers:
+        new_shapes["model/ete"] = (config.num_contexts, config.num_hidden)
+    if add_layers and config.num_spout:
+        new_shapes["pasts/out/kernel"] = (config.num_spout, config.num_layers * 2 * config.num_hidden)
+    copied = [n for n in base_names if n not in new_shapes]
+
+    def tensors():
+        for name in copied:
+            yield name, reader.get_tensor(name)
+        for name, shape in new_shapes.items():
+            yield name, initial_value(name, shape, rng)
+        yield "global_step", np.int64(0)
+
+    tf.io.gfile.makedirs(staging)
+    checkpoint.write_checkpoint(os.path.join(staging, "model.ckpt-0"), tensors())
+    checkpoint.write_checkpoint_state(staging, ["model.ckpt-0"])
+    frozen = [n for n in copied if not n.startswith("pasts/")]
+    write_json(os.path.join(staging, IGNORE_FILE), frozen)
+    parameters = dataclasses.replace(base.parameters, model=config)
+    runtime.install_tokenizer(staging, config, vocabulary or _own(base_dir, runtime.VOCABULARY_FILE),
+                              emoji or _own(base_dir, runtime.EMOJI_FILE))
+    write_parameters(os.path.join(staging, runtime.PARAMETERS_FILE), parameters)
+    write_json(os.path.join(staging, MARKER_FILE), marker)
+    if tf.io.gfile.exists(output):
+        tf.io.gfile.rmtree(output)   # empty, checked above
+    tf.io.gfile.rename(staging, output)
+    return Prepared(parameters, frozenset(frozen))
+
+
+def _own(directory: str, name: str) -> str | None:
+    path = os.path.join(directory, name)
+    return path if tf.io.gfile.exists(path) else None
