@@ -82,12 +82,17 @@ def main(args) -> None:
     ids = {name: encoder.special_id(name) for name in
            ("start", "segmenter", "not_token", "separator", "end_of_text", "bag")}
     rng = np.random.default_rng(args.seed)
+    fed = {}
+    if config.input_punctuation == "separator":   # feed what the model was trained on (see modeling/records.py)
+        from modeling.records import SpecialIds  # noqa: PLC0415
+        fed = dict.fromkeys(SpecialIds.of(encoder).punctuation, ids["separator"])
     sampling = generation.Sampling(args.top_k, args.top_p, args.temperature, args.max_generate, args.beam_width)
 
     jobs = []   # (prompt dict, generation.Prompt) per sequence to generate
     for item in read_prompts(args):
         where = f"{args.context_file}:{item['line']}" if "line" in item else "--spout"
-        prefix, context = encoder.encode(item["prefix"]), encoder.encode(item["context"])
+        prefix = encoder.encode(item["prefix"])
+        context = [fed.get(t, t) for t in encoder.encode(item["context"])]
         vector = generation.spout_vector(item["spout"], config.num_spout, rng, where)
         room = config.num_contexts - (vector is not None) - 2 - len(prefix) - 1   # leave room for one new token
         if room < 0:
@@ -135,13 +140,13 @@ def main(args) -> None:
     results = []
     if args.beam_width > 1:
         for item, prompt in jobs:
-            for seq in generation.beam_search(generator, prompt, sampling, ids)[:args.num_generate]:
+            for seq in generation.beam_search(generator, prompt, sampling, ids, fed)[:args.num_generate]:
                 results.append((item, seq))
     else:
         for chunk in generation.batches(jobs, width):
             printed[0] = ""
             sequences = generation.generate(generator, [p for _, p in chunk], sampling, ids, rng, stops,
-                                            on_token if stream else None)
+                                            on_token if stream else None, fed)
             if stream:
                 print()
             results += [(item, seq) for (item, _), seq in zip(chunk, sequences)]

@@ -8,6 +8,7 @@ position. --export DIR writes a release copy (no optimizer slots) and exits."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from modeling import cli
@@ -36,6 +37,8 @@ def model_parameters(args):
 
     own = os.path.join(args.model_dir, runtime.PARAMETERS_FILE)
     given = params.read_parameters(args.parameter_file) if args.parameter_file else None
+    if given:   # our records feed <|separator|> for sentence-final punctuation; generation must do the same
+        given = dataclasses.replace(given, model=given.model.replace(input_punctuation="separator"))
     if tf.io.gfile.exists(own):
         existing = params.read_parameters(own)
         if given and given.model != existing.model:

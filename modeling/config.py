@@ -44,6 +44,7 @@ class ModelConfig:
     router_z_loss_coef: float = 0.0
     output_z_loss_coef: float = 1e-4
     layer_norm_epsilon: float = 1e-5
+    input_punctuation: str = "raw"  # 'separator': trained on our records, whose inputs carry <|separator|> for 。！？…
 
     @property
     def num_layers(self) -> int:
@@ -87,6 +88,8 @@ def validated(config: ModelConfig, where: str = "model_params") -> ModelConfig:
         value = getattr(config, key)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
             raise bad(key, "a number >= 0")
+    if config.input_punctuation not in ("raw", "separator"):
+        raise bad("input_punctuation", "'raw' or 'separator'")
     if config.train_mode not in TRAIN_MODES:
         raise bad("train_mode", "'lm' or 'hybrid'")
     if config.num_hidden % config.num_header:

@@ -74,7 +74,8 @@ def prepare(base_dir: str, output: str, add_layers: int, vocabulary: str | None,
     if tf.io.gfile.exists(staging):
         tf.io.gfile.rmtree(staging)
 
-    config = base.config.replace(num_ext_layers=base.config.num_ext_layers + add_layers)
+    config = base.config.replace(num_ext_layers=base.config.num_ext_layers + add_layers,
+                                 input_punctuation="separator")   # trained on our records from now on
     reader = tf.train.load_checkpoint(base.checkpoint)
     base_names = sorted(n for n in reader.get_variable_to_shape_map() if checkpoint.is_model_variable(n))
     rng = np.random.default_rng(seed)

@@ -162,9 +162,13 @@ class Generator:
 
 def generate(generator: Generator, prompts: list[Prompt], sampling: Sampling, ids: dict[str, int],
              rng: np.random.Generator, stop: Callable[[list[int]], bool] | None = None,
-             on_token: Callable[[int, Sequence], None] | None = None) -> list[Sequence]:
+             on_token: Callable[[int, Sequence], None] | None = None,
+             fed: dict[int, int] | None = None) -> list[Sequence]:
     """Sample one continuation per prompt (``len(prompts) <= batch_size``). ``stop(tokens)`` ends a
-    sequence with finish reason ``stop``; ``on_token(row, sequence)`` is called after every token."""
+    sequence with finish reason ``stop``; ``on_token(row, sequence)`` is called after every token.
+    ``fed`` maps a generated token to the token fed back (the <|separator|> a model trained on our
+    records saw in place of sentence-final punctuation); the output keeps the generated token."""
+    fed = fed or {}
     size = generator.batch_size
     rows = [p.tokens(ids["start"], ids["segmenter"]) for p in prompts]
     rows += [rows[0]] * (size - len(rows))
@@ -186,7 +190,7 @@ def generate(generator: Generator, prompts: list[Prompt], sampling: Sampling, id
             seq = sequences[row]
             seq.tokens.append(token)
             seq.logprobs.append(float(log_softmax(logits[row])[token]))
-            chosen[row] = token
+            chosen[row] = fed.get(token, token)
             if token == ids["end_of_text"]:
                 seq.finish_reason = "end_of_text"
             elif stop and stop(seq.tokens):
@@ -213,7 +217,8 @@ def _spouts(prompts: list[Prompt], size: int, generator: Generator) -> np.ndarra
                     + [np.zeros(width, np.float32)] * (size - len(prompts))).astype(np.float32)
 
 
-def beam_search(generator: Generator, prompt: Prompt, sampling: Sampling, ids: dict[str, int]) -> list[Sequence]:
+def beam_search(generator: Generator, prompt: Prompt, sampling: Sampling, ids: dict[str, int],
+                fed: dict[int, int] | None = None) -> list[Sequence]:
     """Deterministic beam search of width ``generator.batch_size`` for one prompt.
 
     Each step keeps the ``width`` best live extensions by summed log-probability; a beam that ends
@@ -256,7 +261,7 @@ def beam_search(generator: Generator, prompt: Prompt, sampling: Sampling, ids: d
             break
         padded = parents + [0] * (width - len(parents))
         generator.reorder(np.array(padded, np.int32))
-        chosen = np.array(tokens + [0] * (width - len(tokens)))
+        chosen = np.array([(fed or {}).get(t, t) for t in tokens] + [0] * (width - len(tokens)))
         active = np.array([True] * len(tokens) + [False] * (width - len(tokens)))
         logits = generator.next_logits(chosen, np.full(width, position), prefixes, active)
         position += 1
