@@ -129,14 +129,18 @@ def test_sigkill_and_restart_ends_with_the_same_weights(data, tmp_path):
 def test_sigterm_saves_and_exits_0_and_a_live_lock_refuses(data, tmp_path):
     model_dir = tmp_path / "m"
     trainer = run_cli(argv(data, model_dir, "--max_steps", "100000", "--save_every", "100000"))
-    wait_for(model_dir / "trainer.lock", trainer)
-    second = run_cli(argv(data, model_dir, "--max_steps", "100000"))
-    assert second.wait() == 2
-    message = second.stderr.read()
-    assert "another trainer" in message and "Traceback" not in message and len(message.strip().splitlines()) == 1
-    time.sleep(3)
-    trainer.send_signal(signal.SIGTERM)
-    assert trainer.wait(timeout=120) == 0, trainer.stderr.read()
+    try:
+        wait_for(model_dir / "trainer.lock", trainer)
+        second = run_cli(argv(data, model_dir, "--max_steps", "100000"))
+        assert second.wait() == 2
+        message = second.stderr.read()
+        assert "another trainer" in message and "Traceback" not in message and len(message.strip().splitlines()) == 1
+        time.sleep(3)
+        trainer.send_signal(signal.SIGTERM)
+        assert trainer.wait(timeout=120) == 0, trainer.stderr.read()
+    finally:
+        if trainer.poll() is None:   # never leave a 100,000-step trainer behind
+            trainer.kill()
     step = int(tf.train.load_variable(tf.train.latest_checkpoint(str(model_dir)), "global_step"))
     assert 0 < step < 100000
     assert not (model_dir / "trainer.lock").exists()
