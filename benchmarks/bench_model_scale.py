@@ -19,26 +19,12 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path[:0] = [os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."),
+                os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests")]
 
 RELEASE = {"num_contexts": 1280, "num_switch_layers": 10, "num_ext_layers": 0, "num_hidden": 1024,
            "num_header": 16, "num_experts": 16, "num_pallarelizm": 1, "num_vocabulary": 36000,
            "train_mode": "hybrid", "num_spout": 128}
-
-
-def release_shapes(p: dict) -> dict[str, list[int]]:
-    d, h, e, v, c, s, layers = (p["num_hidden"], p["num_header"], p["num_experts"], p["num_vocabulary"],
-                                p["num_contexts"], p["num_spout"], p["num_switch_layers"])
-    shapes = {"model/wte": [v, d], "model/wpe": [c, d], "model/wob": [v], "model/dense/kernel": [d, d],
-              "model/dense_1/bias": [d]}
-    for i in range(layers):
-        shapes.update({f"model/att{i}/qkv/kernel": [d, 3, h, d // h], f"model/att{i}/o/kernel": [h, d // h, d],
-                       f"model/an{i}/g": [d], f"model/an{i}/b": [d], f"model/ln{i}/g": [d], f"model/ln{i}/b": [d],
-                       f"model/moe{i}/switch_gating/kernel": [d, e], f"model/moe{i}/wi/kernel": [e, d, 8 * d],
-                       f"model/moe{i}/wo/kernel": [e, 8 * d, d], f"model/moe{i}/softmlp/kernel": [d, d]})
-    shapes.update({f"pasts/mlp{k}/kernel": [s, s] for k in range(8)})
-    shapes["pasts/out/kernel"] = [s, layers * 2 * d]
-    return shapes
 
 
 def write_release_checkpoint(directory: str) -> None:
@@ -49,7 +35,9 @@ def write_release_checkpoint(directory: str) -> None:
     from modeling.mtf_compat import tf
 
     os.makedirs(directory, exist_ok=True)
-    shapes = release_shapes(RELEASE)
+    from model_dirs import original_shapes   # names and shapes of spec §4.2
+
+    shapes = original_shapes(RELEASE)
 
     def tensors():
         for i, (name, shape) in enumerate(tqdm(shapes.items(), desc="writing 2.8B-shape checkpoint", unit="var")):

@@ -8,7 +8,7 @@ folded back before each save.
 
 from __future__ import annotations
 
-from modeling.mtf_compat import mtf, tf
+from modeling.mtf_compat import tf
 
 
 def make_saver(max_to_keep: int = 5) -> tf.train.Saver:
@@ -17,21 +17,23 @@ def make_saver(max_to_keep: int = 5) -> tf.train.Saver:
                           save_relative_paths=True)
 
 
-def save(session: tf.Session, lowering: mtf.Lowering, saver: tf.train.Saver, prefix: str,
+def save(session: tf.Session, saver: tf.train.Saver, prefix: str, to_masters: tf.Operation,
          global_step: int | None = None) -> str:
-    """Fold the slices into the masters, then write the checkpoint; returns its path.
+    """Fold the slices into the masters (``to_masters``: a lowering's ``copy_slices_to_masters()``,
+    built once), then write the checkpoint; returns its path.
 
     TF writes the data file, then the index, then the ``checkpoint`` state file atomically, so a
     checkpoint cut short never becomes the latest one.
     """
-    session.run(lowering.copy_slices_to_masters())
+    session.run(to_masters)
     return saver.save(session, prefix, global_step=global_step, write_meta_graph=False)
 
 
-def restore(session: tf.Session, lowering: mtf.Lowering, saver: tf.train.Saver, path: str) -> None:
-    """Load the masters from ``path`` and lay them out over the mesh."""
+def restore(session: tf.Session, saver: tf.train.Saver, path: str, to_slices) -> None:
+    """Load the masters from ``path`` and lay them out over the mesh (``to_slices``: the lowerings'
+    ``copy_masters_to_slices()`` ops)."""
     saver.restore(session, path)
-    session.run(lowering.copy_masters_to_slices())
+    session.run(to_slices)
 
 
 def write_checkpoint(prefix: str, tensors) -> None:

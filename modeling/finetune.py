@@ -101,8 +101,7 @@ def prepare(base_dir: str, output: str, add_layers: int, vocabulary: str | None,
     frozen = [n for n in copied if not n.startswith("pasts/")]
     write_json(os.path.join(staging, IGNORE_FILE), frozen)
     parameters = dataclasses.replace(base.parameters, model=config)
-    runtime.install_tokenizer(staging, config, vocabulary or _own(base_dir, runtime.VOCABULARY_FILE),
-                              emoji or _own(base_dir, runtime.EMOJI_FILE))
+    runtime.install_tokenizer(staging, config, *runtime.tokenizer_files(base_dir, vocabulary, emoji))
     write_parameters(os.path.join(staging, runtime.PARAMETERS_FILE), parameters)
     write_json(os.path.join(staging, MARKER_FILE), marker)
     if tf.io.gfile.exists(output):
@@ -110,7 +109,3 @@ def prepare(base_dir: str, output: str, add_layers: int, vocabulary: str | None,
     tf.io.gfile.rename(staging, output)
     return Prepared(parameters, frozenset(frozen))
 
-
-def _own(directory: str, name: str) -> str | None:
-    path = os.path.join(directory, name)
-    return path if tf.io.gfile.exists(path) else None

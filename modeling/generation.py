@@ -129,11 +129,11 @@ class Generator:
         self._reorder = tf.group([var.assign(tf.gather(var, parents)) for pair in self.cache for var in pair])
 
     def start(self) -> None:
-        self.runtime._start().run(self._init)
+        self.runtime.start().run(self._init)
 
     def reorder(self, parents: np.ndarray) -> None:
         """Beam search: row i continues from row ``parents[i]``'s cache."""
-        self.runtime._start().run(self._reorder, {self._parents: parents})
+        self.runtime.start().run(self._reorder, {self._parents: parents})
 
     def encode(self, rows: list[list[int]], prefixes: list[int], spouts: np.ndarray | None) -> np.ndarray:
         """Run the prompts (right-padded) and fill the cache; returns each row's next-token logits."""

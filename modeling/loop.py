@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from modeling.cli import UserError
-from modeling.checkpoint import write_checkpoint_state
+from modeling import checkpoint
 from modeling.files import atomic_output
 from modeling.mtf_compat import tf
 from modeling.runtime import latest_checkpoint
@@ -142,10 +142,9 @@ def _checkpoints(directory: str) -> list[str]:
 def _save(session, g: TrainGraph, directory: str, step: int, keep: int, log: Log, lock: Lock) -> None:
     """Fold slices into masters and write the checkpoint (TF names it 'latest' only once it is
     complete), drop the oldest beyond ``keep``, then rewrite the log."""
-    session.run(g.copy_slices_to_masters)
-    g.saver.save(session, os.path.join(directory, CHECKPOINT_PREFIX), global_step=step, write_meta_graph=False)
+    checkpoint.save(session, g.saver, os.path.join(directory, CHECKPOINT_PREFIX), g.copy_slices_to_masters, step)
     prefixes = _checkpoints(directory)
-    write_checkpoint_state(directory, [os.path.basename(p) for p in prefixes[-keep:]])
+    checkpoint.write_checkpoint_state(directory, [os.path.basename(p) for p in prefixes[-keep:]])
     for old in prefixes[:-keep]:
         for name in tf.io.gfile.glob(old + ".*"):
             tf.io.gfile.remove(name)
@@ -280,10 +279,10 @@ def run_from_args(args, directory: str, parameters, frozen: frozenset[str] = fro
     def pick(flag_value, key: str, default):
         return flag_value if flag_value is not None else train_params.get(key, default)
 
-    if checkpoint_step(directory) >= args.max_steps:
-        print(f"{directory} is already at step {checkpoint_step(directory)} >= --max_steps {args.max_steps}; "
-              f"nothing to do")
-        return checkpoint_step(directory)
+    done = checkpoint_step(directory)
+    if done >= args.max_steps:
+        print(f"{directory} is already at step {done} >= --max_steps {args.max_steps}; nothing to do")
+        return done
     if not args.input_files:
         raise UserError("--input_files is required to train")
     files = expand_files(args.input_files, "--input_files")

@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from encode_swe import DEFAULT_EMOJI, DEFAULT_VOCABULARY, SWEEncoder, TokenizerError
+from modeling import checkpoint
 from modeling import model as network
 from modeling.cli import UserError
 from modeling.config import ModelConfig, Parameters, read_parameters
@@ -54,7 +55,7 @@ def open_model_dir(path: str) -> ModelDir:
     return ModelDir(path, parameters, prefix)
 
 
-def _tokenizer_files(directory: str, vocabulary: str | None, emoji: str | None) -> tuple[str, str]:
+def tokenizer_files(directory: str, vocabulary: str | None, emoji: str | None) -> tuple[str, str]:
     """Explicit files, else the directory's own copies, else the project's."""
     def pick(explicit: str | None, name: str, default: os.PathLike) -> str:
         if explicit:
@@ -79,12 +80,12 @@ def _checked_tokenizer(vocabulary: str, emoji: str, config: ModelConfig) -> SWEE
 
 def load_tokenizer(model_dir: ModelDir, vocabulary: str | None = None, emoji: str | None = None) -> SWEEncoder:
     """The tokenizer for ``model_dir``: explicit files, else the directory's own copies, else the project's."""
-    return _checked_tokenizer(*_tokenizer_files(model_dir.path, vocabulary, emoji), model_dir.config)
+    return _checked_tokenizer(*tokenizer_files(model_dir.path, vocabulary, emoji), model_dir.config)
 
 
 def install_tokenizer(directory: str, config: ModelConfig, vocabulary: str | None, emoji: str | None) -> None:
     """Copy the (checked) vocabulary and emoji table into a new model directory, so it is self-contained."""
-    vocabulary, emoji = _tokenizer_files(directory, vocabulary, emoji)
+    vocabulary, emoji = tokenizer_files(directory, vocabulary, emoji)
     _checked_tokenizer(vocabulary, emoji, config)
     for source, name in ((vocabulary, VOCABULARY_FILE), (emoji, EMOJI_FILE)):
         target = os.path.join(directory, name)
@@ -207,7 +208,7 @@ class Runtime:
         with self.graph.as_default():
             return {v.op.name: v.shape.as_list() for v in tf.global_variables()}
 
-    def _start(self) -> tf.Session:
+    def start(self) -> tf.Session:
         if self.session is None:
             self.session = tf.Session(self.mesh.master, graph=self.graph, config=self.mesh.session_config)
         return self.session
@@ -218,16 +219,14 @@ class Runtime:
         with self.graph.as_default():
             saver = tf.train.Saver(tf.global_variables())
             copies = [lowering.copy_masters_to_slices() for lowering in self._lowerings]
-            session = self._start()
-            saver.restore(session, checkpoint_path)
-            session.run(copies)
+            checkpoint.restore(self.start(), saver, checkpoint_path, copies)
 
     def initialize(self) -> None:
         """Random weights from the original's initialisers (tests, benchmarks, new models)."""
         with self.graph.as_default():
             init = tf.global_variables_initializer()
             copies = [lowering.copy_masters_to_slices() for lowering in self._lowerings]
-        session = self._start()
+        session = self.start()
         session.run(init)
         session.run(copies)
 
@@ -237,7 +236,7 @@ class Runtime:
         Returns the requested tensors as numpy arrays."""
         arrays = dict(tokens=tokens, prefix=prefix, lengths=lengths, spout=spout, **more)
         feed = {placeholder: arrays[name] for name, placeholder in forward.placeholders.items()}
-        return self._start().run({name: forward.tensors[name] for name in fetches}, feed)
+        return self.start().run({name: forward.tensors[name] for name in fetches}, feed)
 
     def close(self) -> None:
         if self.session is not None:

@@ -88,7 +88,7 @@ def train_tiny(mesh_shape: str, steps: int, seed: int = 0, restore_from: str | N
             session.run(tf.global_variables_initializer())
             session.run(lowering.copy_masters_to_slices())
             if restore_from:
-                checkpoint.restore(session, lowering, saver, restore_from)
+                checkpoint.restore(session, saver, restore_from, lowering.copy_masters_to_slices())
             losses = [float(session.run([tf_loss, tf_update], {tokens: batch})[0]) for batch in data]
-            path = checkpoint.save(session, lowering, saver, save_to) if save_to else None
+            path = checkpoint.save(session, saver, save_to, lowering.copy_slices_to_masters()) if save_to else None
             return TinyRun(losses, session.run(tf_weights), path)
