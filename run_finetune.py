@@ -22,11 +22,12 @@ def build_parser():
 
 
 def main(args) -> None:
-    from modeling import finetune  # noqa: PLC0415
+    from modeling import finetune, runtime  # noqa: PLC0415
     from modeling.loop import run_from_args  # noqa: PLC0415
 
-    prepared = finetune.prepare(args.base_model, args.output, args.add_layers, args.vocabulary, args.emoji, args.seed)
-    run_from_args(args, args.output, prepared.parameters, prepared.frozen)
+    base = runtime.open_model_dir(args.base_model)   # the flags are checked against it before --output is made
+    run_from_args(args, args.output, base.parameters, lambda: finetune.prepare(
+        args.base_model, args.output, args.add_layers, args.vocabulary, args.emoji, args.seed))
 
 
 if __name__ == "__main__":

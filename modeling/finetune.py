@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
+from typing import NamedTuple
 
 import numpy as np
 
@@ -22,6 +24,7 @@ from modeling.files import write_json
 from modeling.mtf_compat import tf
 
 IGNORE_FILE, MARKER_FILE = "ignore-params.json", "finetune.json"
+DEAD_SPOUT = 1e-4   # spout_sensitivity of the original's N(0, 0.01) init is about (0.01·sqrt(S))^8
 
 
 def new_layer_shapes(config, layer: int) -> dict[str, tuple[int, ...]]:
@@ -34,7 +37,10 @@ def new_layer_shapes(config, layer: int) -> dict[str, tuple[int, ...]]:
 
 
 def initial_value(name: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """Kernels N(0, 0.02) as the converter; LayerNorm gains 1; biases, LayerNorm offsets and ete 0."""
+    """Kernels N(0, 0.02) as the converter, spout MLP kernels std 1/sqrt(S); LayerNorm gains 1; biases,
+    LayerNorm offsets and ete 0."""
+    if name.startswith("pasts/mlp"):
+        return (shape[0] ** -0.5 * rng.standard_normal(shape)).astype(np.float32)
     if name.endswith("/g"):
         return np.ones(shape, np.float32)
     if name.endswith(("/b", "/bias", "/ete")):
@@ -42,15 +48,24 @@ def initial_value(name: str, shape: tuple[int, ...], rng: np.random.Generator) -
     return (0.02 * rng.standard_normal(shape)).astype(np.float32)
 
 
+def spout_sensitivity(kernels: list[np.ndarray]) -> float:
+    """How much the spout MLP's output differs between classes: the mean standard deviation, over the
+    one-hot inputs, of its last tanh layer. Below ``DEAD_SPOUT`` the gradients reaching the MLP are
+    smaller than Adam's epsilon, and class control cannot be learned from it."""
+    h = np.eye(kernels[0].shape[0], dtype=np.float64)
+    for kernel in kernels:
+        h = np.tanh(h @ kernel)
+    return float(h.std(axis=0).mean())
+
+
 def frozen_names(directory: str) -> frozenset[str]:
     with tf.io.gfile.GFile(os.path.join(directory, IGNORE_FILE), "r") as f:
         return frozenset(json.load(f))
 
 
-@dataclasses.dataclass(frozen=True)
-class Prepared:
+class Prepared(NamedTuple):
     parameters: Parameters
-    frozen: frozenset[str]
+    frozen: frozenset[str]   # variable names that are not trained
 
 
 def prepare(base_dir: str, output: str, add_layers: int, vocabulary: str | None, emoji: str | None,
@@ -86,6 +101,11 @@ def prepare(base_dir: str, output: str, add_layers: int, vocabulary: str | None,
         new_shapes["model/ete"] = (config.num_contexts, config.num_hidden)
     if add_layers and config.num_spout:
         new_shapes["pasts/out/kernel"] = (config.num_spout, config.num_layers * 2 * config.num_hidden)
+    spout_mlp = [f"pasts/mlp{k}/kernel" for k in range(8)] if config.num_spout else []
+    if spout_mlp and spout_sensitivity([reader.get_tensor(n) for n in spout_mlp]) < DEAD_SPOUT:
+        print(f"note: the spout MLP of {base_dir} passes almost nothing of its input (original initialisation); "
+              "it is re-initialised with std 1/sqrt(num_spout) so that it can learn", file=sys.stderr)
+        new_shapes.update({name: (config.num_spout, config.num_spout) for name in spout_mlp})
     copied = [n for n in base_names if n not in new_shapes]
 
     def tensors():

@@ -21,6 +21,7 @@ from modeling.cli import UserError
 from modeling import checkpoint
 from modeling.files import atomic_output
 from modeling.mtf_compat import tf
+from modeling.records import SUMMARY_FILE
 from modeling.runtime import latest_checkpoint
 from modeling.training import TrainGraph
 
@@ -269,8 +270,32 @@ def check_record_length(files: list[str], num_contexts: int, flag: str) -> None:
     raise UserError(f"{flag}: {files[0]} holds no records")
 
 
-def run_from_args(args, directory: str, parameters, frozen: frozenset[str] = frozenset()) -> int:
-    """Build the training graph from the shared training flags and train in ``directory``."""
+def check_class_ids(files: list[str], spout_vector: str, num_spout: int) -> None:
+    """One-hot spouts need class ids that fit: ``onehot`` takes i < S, ``half_onehot`` i < S/2 (the
+    original wrapped them silently with i mod S). Read from records.json, else from the records."""
+    classes = num_spout // 2 if spout_vector == "half_onehot" else num_spout
+    for folder in sorted({os.path.dirname(name) for name in files}):
+        summary_path = os.path.join(folder, SUMMARY_FILE)
+        if tf.io.gfile.exists(summary_path):
+            with tf.io.gfile.GFile(summary_path, "r") as f:
+                summary = json.load(f)
+            if summary.get("class_ids") != "csv":
+                raise UserError(f"--spout_vector {spout_vector}: the records in {folder} carry running record "
+                                "numbers, not class ids; build them from a 'filename,fileid' CSV")
+            largest = summary["max_class_id"]
+        else:
+            ids = tf.data.TFRecordDataset([n for n in files if os.path.dirname(n) == folder]).map(
+                lambda raw: tf.io.parse_single_example(raw, {"i": tf.io.FixedLenFeature([1], tf.int64)})["i"][0])
+            largest = int(ids.reduce(tf.constant(-1, tf.int64), tf.maximum))
+        if largest >= classes:
+            raise UserError(f"--spout_vector {spout_vector}: the records in {folder} have class id {largest}, but "
+                            f"num_spout {num_spout} allows ids 0..{classes - 1}; renumber the classes in the CSV")
+
+
+def run_from_args(args, directory: str, parameters, prepare=None) -> int:
+    """Check the shared training flags against ``parameters``, build the training graph and train in
+    ``directory``. ``prepare``, if given, runs once the flags are checked (fine-tuning creates its
+    directory there) and returns the parameters and frozen variable names to train with."""
     from modeling.mesh import MeshError, make_mesh  # noqa: PLC0415
     from modeling.training import Settings, build, build_evaluation  # noqa: PLC0415
 
@@ -293,6 +318,16 @@ def run_from_args(args, directory: str, parameters, frozen: frozenset[str] = fro
                         "the weights from their rounded low-precision copy; use Adam with --use_bfloat16")
     if args.spout_vector != "none" and not config.num_spout:
         raise UserError("--spout_vector needs a model with a spout (num_spout > 0 in parameters.json)")
+    if args.spout_vector in ("onehot", "half_onehot"):
+        check_class_ids(files, args.spout_vector, config.num_spout)
+    try:
+        mesh = make_mesh(args.mesh_shape, args.layout, args.tpu)
+    except MeshError as error:
+        raise UserError(str(error)) from None
+    frozen = frozenset()
+    if prepare is not None:
+        parameters, frozen = prepare()
+        config = parameters.model
     settings = Settings(
         input_files=files, batch_size=pick(args.batch_size, "batch_size", 16), max_steps=args.max_steps,
         learning_rate=pick(args.learning_rate, "base_lr", 1e-4), warmup_steps=pick(args.warmup_steps,
@@ -307,10 +342,6 @@ def run_from_args(args, directory: str, parameters, frozen: frozenset[str] = fro
         value = settings.batch_size if name == "batch_size" else getattr(loop, name)
         if value < 1:
             raise UserError(f"--{name} must be at least 1, got {value}")
-    try:
-        mesh = make_mesh(args.mesh_shape, args.layout, args.tpu)
-    except MeshError as error:
-        raise UserError(str(error)) from None
     if settings.batch_size % mesh.batch_split:
         raise UserError(f"--batch_size {settings.batch_size} is not a multiple of the mesh's batch axis "
                         f"({mesh.batch_split})")

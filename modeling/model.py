@@ -307,12 +307,15 @@ def ext_ffn(x: mtf.Tensor, dims: Dims, dtype: mtf.VariableDType) -> mtf.Tensor:
 
 def spout_pasts(spout: mtf.Tensor, dims: Dims, num_layers: int, dtype) -> list[tuple[mtf.Tensor, mtf.Tensor]]:
     """The spout MLP (scope ``pasts``): 8 tanh layers, then one projection to a key and a value per
-    layer and head, used directly as a one-slot past (spec §3.7)."""
+    layer and head, used directly as a one-slot past (spec §3.7). The tanh layers start at std
+    1/sqrt(S), not the original's 0.01: eight layers at 0.01 scale the input by (0.01·sqrt(S))^8, about
+    1e-13 for S = 8, so the spout's gradients vanish below Adam's epsilon and it never learns."""
     batch = spout.shape.dims[0]
     h = mtf.cast(spout, tf.float32)
     with tf.variable_scope("pasts"):
         for k in range(8):
-            w = variable(h.mesh, f"mlp{k}/kernel", [dims.spout, dims.spout_out], _normal(0.01), dtype)
+            w = variable(h.mesh, f"mlp{k}/kernel", [dims.spout, dims.spout_out],
+                         fan_in_truncated_normal(dims.spout.size), dtype)
             h = mtf.rename_dimension(mtf.tanh(mtf.einsum([h, mtf.cast(w, tf.float32)],
                                                          mtf.Shape([batch, dims.spout_out]))), "spout_out", "spout")
         w_out = variable(h.mesh, "out/kernel", [dims.spout, dims.pasts_out], _normal(0.01), dtype)

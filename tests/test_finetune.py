@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import run_finetune
+import run_generate
 from model_dirs import TINY, original_weights, write_model_dir
 from modeling.cli import UserError
 from modeling.mtf_compat import tf
@@ -21,6 +22,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 C = 32
 BASE = dict(TINY, num_contexts=C, num_spout=8)
 MARKERS = ("りんご", "みかん")   # the two classes' marker words
+# With their newline and EOT these are 6 and 5 tokens, so a record (C - 2 = 30 tokens, one class each) holds
+# whole documents and starts with one, whose first word only the spout can tell.
+DOCUMENTS = ("りんご。", "みかんです。")
 
 
 @pytest.fixture(scope="module")
@@ -28,14 +32,17 @@ def setup(tmp_path_factory):
     """A random base model and records of two classes whose texts each repeat their own marker word."""
     root = tmp_path_factory.mktemp("finetune")
     write_model_dir(str(root / "base"), BASE, original_weights(BASE, seed=4))
-    for cls, marker in enumerate(MARKERS):
-        docs = [f"{marker}が{marker}で{marker}。" for _ in range(40)]
-        (root / f"class{cls}.txt").write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    for cls, document in enumerate(DOCUMENTS):
+        (root / f"class{cls}.txt").write_text("\n\n".join([document] * 60) + "\n", encoding="utf-8")
     (root / "classes.csv").write_text("filename,fileid\nclass0.txt,0\nclass1.txt,1\n", encoding="utf-8")
-    subprocess.run([sys.executable, os.path.join(REPO, "encode_swe.py"), "records", "--input",
-                    str(root / "classes.csv"), "--output", str(root / "records"), "--mode", "lm",
-                    "--num_context", str(C), "--num_shards", "1", "--num_process", "1"], check=True)
+    encode(root / "classes.csv", root / "records")
     return root
+
+
+def encode(source, output):
+    subprocess.run([sys.executable, os.path.join(REPO, "encode_swe.py"), "records", "--input", str(source),
+                    "--output", str(output), "--mode", "lm", "--num_context", str(C), "--num_shards", "1",
+                    "--num_process", "1"], check=True)
 
 
 def finetune(setup, output, *extra):
@@ -89,3 +96,62 @@ def test_spout_only_and_bad_input(setup, tmp_path):
     assert (tmp_path / "other" / "file.txt").read_text() == "mine"
     with pytest.raises(UserError, match="not found"):
         finetune(setup, tmp_path / "x", "--base_model", str(tmp_path / "missing"))
+def test_one_hot_spout_steers_generation_by_class(setup, tmp_path, capsys):
+    """Pretrain briefly with a uniform spout (as the release), then fine-tune 2 layers with one-hot classes."""
+    import run_pretrain
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({"model_params": BASE}))
+    run_pretrain.main(run_pretrain.build_parser().parse_args(
+        ["--parameter_file", str(params), "--model_dir", str(tmp_path / "pre"), "--input_files",
+         str(setup / "records" / "*.tfrecord"), "--max_steps", "200", "--learning_rate", "1e-2", "--warmup_steps",
+         "10", "--batch_size", "4", "--spout_vector", "uniform", "--no_progress", "--log_every", "50"]))
+    out = tmp_path / "classes"
+    finetune(setup, out, "--base_model", str(tmp_path / "pre"), "--add_layers", "2", "--max_steps", "200",
+             "--learning_rate", "1e-2", "--warmup_steps", "10", "--spout_vector", "onehot", "--log_every", "50")
+    for cls, marker in enumerate(MARKERS):
+        samples = tmp_path / f"samples{cls}.jsonl"
+        run_generate.main(run_generate.build_parser().parse_args(
+            ["--model", str(out), "--spout", str(cls), "--num_generate", "10", "--max_generate", "8", "--top_k", "3",
+             "--seed", "0", "--output", str(samples), "--no_stream"]))
+        texts = [json.loads(line)["text"] for line in open(samples, encoding="utf-8")]
+        hits = sum(marker in text and MARKERS[1 - cls] not in text for text in texts)
+        assert hits >= 8, (cls, texts)
+
+
+def test_class_ids_must_fit_the_spout(setup, tmp_path):
+    """onehot takes ids < S = 8, half_onehot ids < 4; running record numbers are no classes."""
+    (tmp_path / "big.csv").write_text(f"filename,fileid\n{setup / 'class0.txt'},5\n", encoding="utf-8")
+    encode(tmp_path / "big.csv", tmp_path / "big")
+    bare = tmp_path / "bare"     # the same records without records.json: the ids are read from the records
+    bare.mkdir()
+    for shard in (tmp_path / "big").glob("*.tfrecord"):
+        (bare / shard.name).write_bytes(shard.read_bytes())
+    encode(setup / "class0.txt", tmp_path / "numbered")
+    finetune(setup, tmp_path / "ok", "--input_files", str(tmp_path / "big" / "*.tfrecord"), "--add_layers", "0",
+             "--max_steps", "1", "--spout_vector", "onehot")
+    for records, mode, message in ((tmp_path / "big", "half_onehot", "class id 5, but num_spout 8 allows ids 0..3"),
+                                   (bare, "half_onehot", "class id 5, but num_spout 8 allows ids 0..3"),
+                                   (tmp_path / "numbered", "onehot", "running record numbers")):
+        with pytest.raises(UserError, match=message):
+            finetune(setup, tmp_path / "refused", "--input_files", str(records / "*.tfrecord"), "--add_layers", "0",
+                     "--max_steps", "1", "--spout_vector", mode)
+
+
+def test_spout_sensitivity_tells_a_dead_spout_mlp():
+    """The original's N(0, 0.01) init passes ~(0.01·sqrt(S))^8 of the input through 8 tanh layers, which
+    fine-tuning replaces; a fan-in init (ours) and a trained MLP that tells classes apart are kept."""
+    from modeling.finetune import DEAD_SPOUT, spout_sensitivity
+    rng = np.random.default_rng(0)
+    s = 128
+    original = [0.01 * rng.standard_normal((s, s)) for _ in range(8)]
+    ours = [s ** -0.5 * rng.standard_normal((s, s)) for _ in range(8)]
+    assert spout_sensitivity(original) < 1e-6 < DEAD_SPOUT
+    assert spout_sensitivity(ours) > 0.05   # about s ** -0.5: the one-hot input keeps its size
+    # slow reference: class k's output is the MLP applied to e_k alone
+    outputs = []
+    for k in range(s):
+        h = np.eye(s)[k]
+        for w in ours:
+            h = np.tanh(h @ w)
+        outputs.append(h)
+    np.testing.assert_allclose(spout_sensitivity(ours), np.std(outputs, axis=0).mean(), rtol=1e-12)
