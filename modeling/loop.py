@@ -259,15 +259,19 @@ def expand_files(patterns: list[str], flag: str) -> list[str]:
 
 
 def check_record_length(files: list[str], num_contexts: int, flag: str) -> None:
-    """The first record's length must equal the model's num_contexts."""
-    for raw in tf.data.TFRecordDataset(files[:1]).take(1):
-        example = tf.train.Example.FromString(raw.numpy())
-        length = len(example.features.feature["x"].int64_list.value)
-        if length != num_contexts:
-            raise UserError(f"{flag}: records in {files[0]} have {length} tokens but the model has num_contexts "
-                            f"{num_contexts}: rebuild them with --num_context {num_contexts}")
-        return
-    raise UserError(f"{flag}: {files[0]} holds no records")
+    """The records' length: the same in every file, at most the model's num_contexts."""
+    from modeling.training import record_length  # noqa: PLC0415
+
+    lengths = {name: record_length(name) for name in files}
+    for name, length in lengths.items():
+        if not length:
+            raise UserError(f"{flag}: {name} holds no records; remove it or rebuild the records")
+        if length != lengths[files[0]]:
+            raise UserError(f"{flag}: records in {name} have {length} tokens but those in {files[0]} have "
+                            f"{lengths[files[0]]}; train on records of one --num_context")
+        if length > num_contexts:
+            raise UserError(f"{flag}: records in {name} have {length} tokens but the model has num_contexts "
+                            f"{num_contexts}: rebuild them with --num_context {num_contexts} or less")
 
 
 def check_class_ids(files: list[str], spout_vector: str, num_spout: int) -> None:

@@ -62,12 +62,22 @@ def learning_rate(step: tf.Tensor, s: Settings) -> tf.Tensor:
     return s.learning_rate * tf.where(step < warmup, (step + 1.0) / warmup, after)
 
 
-def read_batches(files: list[str], num_context: int, batch_size: int, repeat: bool) -> tf.data.Dataset:
-    """Records in file order (shuffling happens when records are written), as int32 tensors."""
+def record_length(path: str) -> int:
+    """Tokens per record (the length of ``x``) in a TFRecord file, read from its first record; 0 if empty."""
+    for raw in tf.io.tf_record_iterator(path):
+        return len(tf.train.Example.FromString(raw).features.feature["x"].int64_list.value)
+    return 0
+
+
+def read_batches(files: list[str], batch_size: int, repeat: bool) -> tf.data.Dataset:
+    """Records in file order (shuffling happens when records are written), as int32 tensors. They may be
+    shorter than the model's num_contexts: a short record uses the first positions."""
     from modeling.records import parse_record  # noqa: PLC0415
 
+    length = record_length(files[0])
+
     def parse(serialized):
-        return {k: tf.cast(v, tf.int32) for k, v in parse_record(serialized, num_context).items()}
+        return {k: tf.cast(v, tf.int32) for k, v in parse_record(serialized, length).items()}
 
     dataset = tf.data.TFRecordDataset(files).map(parse)
     if repeat:
@@ -96,7 +106,8 @@ def spout_inputs(mode: str, record_ids: tf.Tensor, num_spout: int, seed: tf.Tens
 def import_batch(mesh: mtf.Mesh, batch: dict[str, tf.Tensor], config: ModelConfig, s: Settings,
                  seed: tf.Tensor) -> tuple[network.Inputs, mtf.Tensor]:
     """A batch of records as network inputs and targets. With a spout, records lose their last token:
-    the spout takes position 0 and positions are never clipped (D14). Padding is <|nottoken|>."""
+    the spout takes position 0 and positions are never clipped (D14); records shorter than num_contexts
+    keep theirs. Padding is <|nottoken|>."""
     spout = spout_inputs(s.spout_vector, batch["i"][:, 0], config.num_spout, seed)
     if spout is not None:
         batch = {k: v[:, :config.num_contexts - 1] if k in ("x", "y") else v for k, v in batch.items()}
@@ -186,7 +197,7 @@ def build(config: ModelConfig, s: Settings, mesh: MeshSetup) -> TrainGraph:
         tf.set_random_seed(s.seed)
         global_step = tf.train.get_or_create_global_step()
         iterator = tf.data.make_one_shot_iterator(
-            read_batches(s.input_files, config.num_contexts, s.batch_size, repeat=True))
+            read_batches(s.input_files, s.batch_size, repeat=True))
         tf.add_to_collection(tf.GraphKeys.SAVEABLE_OBJECTS,
                              tf.data.experimental.make_saveable_from_iterator(iterator))
         seed = tf.stack([tf.constant(s.seed, tf.int64), global_step])
@@ -287,7 +298,7 @@ def build_evaluation(config: ModelConfig, s: Settings, mesh: MeshSetup, train: T
     """A second lowering in the training graph, sharing its variables, that scores ``files``."""
     with train.graph.as_default(), tf.variable_scope("", reuse=True):
         iterator = tf.data.make_initializable_iterator(
-            read_batches(files, config.num_contexts, s.batch_size, repeat=False))
+            read_batches(files, s.batch_size, repeat=False))
         mesh_graph = mtf.Graph()
         m = mtf.Mesh(mesh_graph, "mesh")
         inputs, targets = import_batch(m, iterator.get_next(), config, s, tf.constant([s.seed, -1], tf.int64))

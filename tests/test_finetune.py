@@ -14,7 +14,7 @@ import pytest
 
 import run_finetune
 import run_generate
-from model_dirs import TINY, original_weights, write_model_dir
+from model_dirs import TINY, original_shapes, original_weights, write_model_dir
 from modeling.cli import UserError
 from modeling.mtf_compat import tf
 
@@ -155,3 +155,24 @@ def test_spout_sensitivity_tells_a_dead_spout_mlp():
             h = np.tanh(h @ w)
         outputs.append(h)
     np.testing.assert_allclose(spout_sensitivity(ours), np.std(outputs, axis=0).mean(), rtol=1e-12)
+
+
+def test_no_backward_pass_through_the_frozen_backbone_without_a_spout(setup):
+    """Without a trained spout nothing before the added layers needs a gradient, so the training graph has
+    no backward op in the frozen layers 0-1 and keeps none of their activations; a spout, which every
+    layer attends to, needs the backward pass through all of them."""
+    import re
+
+    from modeling.config import config_from_dict
+    from modeling.mesh import make_mesh
+    from modeling.training import Settings, build
+
+    config = config_from_dict(dict(BASE, num_ext_layers=2))
+    frozen = frozenset(n for n in original_shapes(BASE) if not n.startswith("pasts/"))
+    backbone = re.compile(r"model/(att|moe|an|ln)[01]/.*/gradients")
+    for spout, expected in (("none", False), ("onehot", True)):
+        settings = Settings(input_files=[str(next((setup / "records").glob("*.tfrecord")))], batch_size=2,
+                            spout_vector=spout, frozen=frozen)
+        names = [op.name for op in build(config, settings, make_mesh("")).graph.get_operations()]
+        assert any("model/att3/" in n and "/gradients" in n for n in names)   # the added layers train
+        assert any(backbone.search(n) for n in names) == expected, spout

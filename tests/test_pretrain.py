@@ -173,12 +173,29 @@ def test_export_has_no_optimizer_slots_and_loads_in_run_languagemodel(data, tmp_
 def test_bad_input_is_one_clear_error(data, tmp_path):
     with pytest.raises(UserError, match="matches no file"):
         train(argv(data, tmp_path / "a", "--max_steps", "1", "--input_files", str(tmp_path / "nope*.tfrecord")))
-    wrong = tmp_path / "params40.json"
-    wrong.write_text(json.dumps({"model_params": {**MODEL, "num_contexts": 40}}))
-    with pytest.raises(UserError, match="have 32 tokens but the model has num_contexts 40"):
-        train(argv(data, tmp_path / "b", "--max_steps", "1", "--parameter_file", str(wrong)))
+    short = tmp_path / "params24.json"
+    short.write_text(json.dumps({"model_params": {**MODEL, "num_contexts": 24}}))
+    with pytest.raises(UserError, match="have 32 tokens but the model has num_contexts 24"):
+        train(argv(data, tmp_path / "b", "--max_steps", "1", "--parameter_file", str(short)))
     with pytest.raises(UserError, match="first run needs --parameter_file"):
         train(["--model_dir", str(tmp_path / "c"), "--input_files", str(data / "train.tfrecord")])
+
+
+def test_records_shorter_than_the_context_train_on_the_first_positions(data, tmp_path):
+    """32-token records on a 40-position model (with a spout: no token is dropped, D14), one length only."""
+    longer = tmp_path / "params40.json"
+    longer.write_text(json.dumps({"train_params": {"batch_size": 4}, "model_params": {**MODEL, "num_contexts": 40}}))
+    train(argv(data, tmp_path / "m", "--max_steps", "20", "--parameter_file", str(longer), "--learning_rate", "1e-2",
+               "--warmup_steps", "1", "--spout_vector", "onehot"))
+    lm = losses(tmp_path / "m")
+    assert weights(tmp_path / "m")["model/wpe"].shape == (40, 32) and np.mean(lm[-3:]) < np.mean(lm[:3])
+    with tf.io.TFRecordWriter(str(tmp_path / "short.tfrecord")) as writer:
+        writer.write(tf.train.Example(features=tf.train.Features(feature={
+            "x": feature([1] * 16), "y": feature([1] * 16), "i": feature([0]), "num_input": feature([1])})
+        ).SerializeToString())
+    with pytest.raises(UserError, match="short.tfrecord have 16 tokens but those in .*train.tfrecord have 32"):
+        train(argv(data, tmp_path / "n", "--max_steps", "1", "--input_files", str(data / "train.tfrecord"),
+                   str(tmp_path / "short.tfrecord")))
 
 
 def test_low_precision_trains_and_float16_scales_the_loss(data, tmp_path):
