@@ -20,11 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from child import checkpoint_bytes, run_child  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -85,17 +86,9 @@ def main() -> None:
     print(f"{len(first256) / sum(first256):>15.1f} {step_256 / step_16:>11.2f} {1000 * step_1000:>15.1f} "
           f"{1000 * rerun:>15.1f} {rerun / step_1000:>8.1f}x")
     if args.release_dir:
-        proc = subprocess.Popen([sys.executable, __file__, "--child", "--release_dir", args.release_dir],
-                                stdout=subprocess.PIPE, text=True)
-        output = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-        if status:
-            sys.exit("the 2.8B child failed")
-        size = sum(os.path.getsize(os.path.join(args.release_dir, n))
-                   for n in os.listdir(args.release_dir) if n.startswith("model."))
-        result = json.loads(output.strip().splitlines()[-1])
-        print(f"2.8B shapes: {result['ms_per_token']:.0f} ms/token, peak {usage.ru_maxrss * 1024 / 1e9:.2f} GB "
-              f"= {usage.ru_maxrss * 1024 / size:.2f}x the checkpoint")
+        result, peak = run_child([__file__, "--child", "--release_dir", args.release_dir])
+        print(f"2.8B shapes: {result['ms_per_token']:.0f} ms/token, peak {peak / 1e9:.2f} GB "
+              f"= {peak / checkpoint_bytes(args.release_dir):.2f}x the checkpoint")
 
 
 def _timed(fn) -> float:

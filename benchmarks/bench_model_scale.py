@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
 sys.path[:0] = [os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."),
                 os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests")]
+
+from child import checkpoint_bytes, run_child  # noqa: E402
 
 RELEASE = {"num_contexts": 1280, "num_switch_layers": 10, "num_ext_layers": 0, "num_hidden": 1024,
            "num_header": 16, "num_experts": 16, "num_pallarelizm": 1, "num_vocabulary": 36000,
@@ -49,10 +50,6 @@ def write_release_checkpoint(directory: str) -> None:
         f.write('model_checkpoint_path: "model"\nall_model_checkpoint_paths: "model"\n')
     with open(os.path.join(directory, "parameters.json"), "w") as f:
         json.dump({"train_params": {}, "model_params": RELEASE}, f)
-
-
-def checkpoint_bytes(directory: str) -> int:
-    return sum(os.path.getsize(os.path.join(directory, n)) for n in os.listdir(directory) if n.startswith("model."))
 
 
 def child(directory: str, length: int, repeats: int) -> None:
@@ -95,14 +92,7 @@ def main() -> None:
     print(f"{'tokens':>7} {'build s':>8} {'load s':>7} {'1st fwd s':>9} {'fwd s':>7} {'ms/token':>8} "
           f"{'peak GB':>8} {'peak/ckpt':>9}")
     for length in args.lengths:
-        proc = subprocess.Popen([sys.executable, __file__, "--dir", args.dir, "--child", str(length),
-                                 "--repeats", str(args.repeats)], stdout=subprocess.PIPE, text=True)
-        output = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak resident memory
-        if status:
-            sys.exit(f"child for {length} tokens failed")
-        peak = usage.ru_maxrss * 1024
-        r = json.loads(output.strip().splitlines()[-1])
+        r, peak = run_child([__file__, "--dir", args.dir, "--child", str(length), "--repeats", str(args.repeats)])
         print(f"{length:>7} {r['build_s']:>8.1f} {r['load_s']:>7.1f} {r['first_forward_s']:>9.2f} "
               f"{r['forward_s']:>7.2f} {1000 * r['forward_s'] / length:>8.1f} {peak / 1e9:>8.2f} "
               f"{peak / size:>9.2f}")

@@ -60,7 +60,8 @@ def add_training_flags(p: argparse.ArgumentParser, default_learning_rate: float)
     """
     g = p.add_argument_group("training")
     g.add_argument("--input_files", nargs="+", metavar="GLOB",
-                   help="training records (TFRecord globs, gs:// allowed), made by 'encode_swe.py records'")
+                   help="training records (TFRecord globs, gs:// allowed), made by 'encode_swe.py records'; "
+                        "all of one length, at most the model's num_contexts")
     g.add_argument("--max_steps", type=int, default=100_000, help="stop at this global step (a real limit)")
     g.add_argument("--batch_size", type=int, default=None,
                    help="global batch size (sequences per step); default train_params.batch_size or 16")
@@ -77,7 +78,9 @@ def add_training_flags(p: argparse.ArgumentParser, default_learning_rate: float)
     g.add_argument("--weight_decay", type=float, default=0.01, help="decoupled weight decay (Adam)")
     g.add_argument("--clip_gradients", type=float, default=1.0, help="global-norm clipping; 0 = off")
     g.add_argument("--spout_vector", choices=SPOUT_VECTORS, default="none",
-                   help="spout input fed in training (onehot/half_onehot use the records' class id 'i')")
+                   help="spout input per example: uniform = fresh U[0,1) noise (how the release was "
+                        "pretrained); stateless_uniform = noise fixed per record; onehot = one_hot(class id "
+                        "i), i < num_spout; half_onehot = one-hot of i < num_spout/2, then noise")
     g.add_argument("--eval_files", nargs="*", default=[], metavar="GLOB", help="held-out records")
     g.add_argument("--eval_every", type=int, default=1000, help="steps between held-out loss/perplexity")
     g.add_argument("--eval_batches", type=int, default=20, help="batches of --eval_files per evaluation")

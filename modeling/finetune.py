@@ -58,6 +58,26 @@ def spout_sensitivity(kernels: list[np.ndarray]) -> float:
     return float(h.std(axis=0).mean())
 
 
+def created_variables(base, config, reader, base_dir: str) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the variables the fine-tuning directory creates instead of copying: the added
+    layers, ``ete`` if new, the spout projection for the new layer count, and a spout MLP that cannot
+    learn."""
+    shapes = {}
+    for layer in range(base.num_layers, config.num_layers):
+        shapes.update(new_layer_shapes(config, layer))
+    if config.num_layers > base.num_layers and not base.num_ext_layers:
+        shapes["model/ete"] = (config.num_contexts, config.num_hidden)
+    if config.num_layers > base.num_layers and config.num_spout:
+        shapes["pasts/out/kernel"] = (config.num_spout, config.num_layers * 2 * config.num_hidden)
+    spout_mlp = [f"pasts/mlp{k}/kernel" for k in range(8)] if config.num_spout else []
+    if spout_mlp and spout_sensitivity([reader.get_tensor(n) for n in spout_mlp]) < DEAD_SPOUT:
+        print(f"note: the spout MLP of {base_dir} gives the same output for every class (original initialisation, "
+              "or trained on noise only); it is re-initialised with std 1/sqrt(num_spout) so that it can learn",
+              file=sys.stderr)
+        shapes.update({name: (config.num_spout, config.num_spout) for name in spout_mlp})
+    return shapes
+
+
 def frozen_names(directory: str) -> frozenset[str]:
     with tf.io.gfile.GFile(os.path.join(directory, IGNORE_FILE), "r") as f:
         return frozenset(json.load(f))
@@ -94,18 +114,7 @@ def prepare(base_dir: str, output: str, add_layers: int, vocabulary: str | None,
     reader = tf.train.load_checkpoint(base.checkpoint)
     base_names = sorted(n for n in reader.get_variable_to_shape_map() if checkpoint.is_model_variable(n))
     rng = np.random.default_rng(seed)
-    new_shapes = {}
-    for layer in range(base.config.num_layers, config.num_layers):
-        new_shapes.update(new_layer_shapes(config, layer))
-    if add_layers and not base.config.num_ext_layers:
-        new_shapes["model/ete"] = (config.num_contexts, config.num_hidden)
-    if add_layers and config.num_spout:
-        new_shapes["pasts/out/kernel"] = (config.num_spout, config.num_layers * 2 * config.num_hidden)
-    spout_mlp = [f"pasts/mlp{k}/kernel" for k in range(8)] if config.num_spout else []
-    if spout_mlp and spout_sensitivity([reader.get_tensor(n) for n in spout_mlp]) < DEAD_SPOUT:
-        print(f"note: the spout MLP of {base_dir} passes almost nothing of its input (original initialisation); "
-              "it is re-initialised with std 1/sqrt(num_spout) so that it can learn", file=sys.stderr)
-        new_shapes.update({name: (config.num_spout, config.num_spout) for name in spout_mlp})
+    new_shapes = created_variables(base.config, config, reader, base_dir)
     copied = [n for n in base_names if n not in new_shapes]
 
     def tensors():

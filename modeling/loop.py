@@ -127,10 +127,12 @@ def _is_training_checkpoint(prefix: str, g: TrainGraph) -> bool:
 
 
 def _warm_start(session: tf.Session, prefix: str) -> None:
-    """Load the variables ``prefix`` has (same names and shapes); the others keep their initial values."""
+    """Load the variables ``prefix`` has (same names and shapes) and initialise only the others, so that
+    the weights are never held twice (initial and loaded values) while a large model loads."""
     found = dict(tf.train.list_variables(prefix))
     present = {v.op.name: v for v in tf.global_variables()
                if v.op.name in found and list(found[v.op.name]) == v.shape.as_list()}
+    session.run(tf.variables_initializer([v for v in tf.global_variables() if v.op.name not in present]))
     tf.train.Saver(present).restore(session, prefix)
 
 
@@ -199,10 +201,10 @@ def train(directory: str, g: TrainGraph, session_config: tf.ConfigProto, master:
             prefix = latest_checkpoint(directory)
             if prefix and _is_training_checkpoint(prefix, g):
                 g.saver.restore(session, prefix)
+            elif prefix:   # weights only (a release or a new fine-tuning directory): slots start at zero
+                _warm_start(session, prefix)
             else:
                 session.run(g.init_op)
-                if prefix:   # weights only (a release or a new fine-tuning directory): slots start at zero
-                    _warm_start(session, prefix)
             session.run(g.copy_masters_to_slices)
             step = int(session.run(g.global_step))
             log = Log(directory, step)
