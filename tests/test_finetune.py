@@ -96,6 +96,13 @@ def test_spout_only_and_bad_input(setup, tmp_path):
     assert (tmp_path / "other" / "file.txt").read_text() == "mine"
     with pytest.raises(UserError, match="not found"):
         finetune(setup, tmp_path / "x", "--base_model", str(tmp_path / "missing"))
+    # from the shell: one line on stderr, exit status 2, the directory untouched
+    result = subprocess.run([sys.executable, os.path.join(REPO, "run_finetune.py"), "--base_model", str(setup / "base"),
+                             "--output", str(tmp_path / "other"), "--input_files",
+                             str(setup / "records" / "*.tfrecord")], capture_output=True, text=True)
+    assert result.returncode == 2 and "not a fine-tuning directory" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert os.listdir(tmp_path / "other") == ["file.txt"]
 def test_one_hot_spout_steers_generation_by_class(setup, tmp_path, capsys):
     """Pretrain briefly with a uniform spout (as the release), then fine-tune 2 layers with one-hot classes."""
     import run_pretrain
