@@ -209,3 +209,28 @@ def test_low_precision_trains_and_float16_scales_the_loss(data, tmp_path):
     assert np.isfinite(lm).all() and lm[-1] < lm[0]
     with pytest.raises(UserError, match="adafactor needs float32"):
         train(argv(data, tmp_path / "x", "--max_steps", "1", "--optimizer", "adafactor", "--use_bfloat16"))
+
+
+def test_spout_modes_give_the_vectors_of_spec_15_4():
+    """onehot / half_onehot from the class id, noise fixed per record (stateless_uniform) or fresh per
+    step (uniform), all in [0, 1); none gives no spout."""
+    from modeling.training import spout_inputs
+
+    ids, s = np.array([0, 3, 5, 3]), 8
+
+    def vectors(mode, step):
+        with tf.Graph().as_default(), tf.Session() as session:
+            return session.run(spout_inputs(mode, tf.constant(ids, tf.int64), s, tf.constant([7, step], tf.int64)))
+
+    assert spout_inputs("none", tf.constant(ids), s, tf.constant([7, 0], tf.int64)) is None
+    np.testing.assert_array_equal(vectors("onehot", 0), np.eye(s)[ids])
+    half = vectors("half_onehot", 0)
+    np.testing.assert_array_equal(half[:, :s // 2], np.eye(s // 2)[ids % (s // 2)])
+    assert ((0 <= half[:, s // 2:]) & (half[:, s // 2:] < 1)).all()
+    fixed, again = vectors("stateless_uniform", 0), vectors("stateless_uniform", 9)
+    np.testing.assert_array_equal(fixed, again)                 # the same record gets the same vector
+    np.testing.assert_array_equal(fixed[1], fixed[3])
+    assert not np.allclose(fixed[0], fixed[1]) and ((0 <= fixed) & (fixed < 1)).all()
+    fresh, later = vectors("uniform", 0), vectors("uniform", 1)
+    assert not np.allclose(fresh, later) and not np.allclose(fresh[1], fresh[3])
+    np.testing.assert_array_equal(fresh, vectors("uniform", 0))  # a function of (seed, step): resumable
