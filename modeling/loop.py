@@ -143,15 +143,17 @@ def _checkpoints(directory: str) -> list[str]:
 
 
 def _save(session, g: TrainGraph, directory: str, step: int, keep: int, log: Log, lock: Lock) -> None:
-    """Fold slices into masters and write the checkpoint (TF names it 'latest' only once it is
-    complete), drop the oldest beyond ``keep``, then rewrite the log."""
+    """Rewrite the log, then fold slices into masters and write the checkpoint (TF names it 'latest'
+    only once it is complete), and drop the oldest beyond ``keep``. The log goes first: a kill between
+    the two leaves log lines past the latest checkpoint, which the next run drops (``Log``), never a
+    checkpoint whose last lines are missing from the log."""
+    log.flush()
     checkpoint.save(session, g.saver, os.path.join(directory, CHECKPOINT_PREFIX), g.copy_slices_to_masters, step)
     prefixes = _checkpoints(directory)
     checkpoint.write_checkpoint_state(directory, [os.path.basename(p) for p in prefixes[-keep:]])
     for old in prefixes[:-keep]:
         for name in tf.io.gfile.glob(old + ".*"):
             tf.io.gfile.remove(name)
-    log.flush()
     lock.refresh()
 
 
@@ -318,6 +320,9 @@ def run_from_args(args, directory: str, parameters, prepare=None) -> int:
         raise UserError("--input_files is required to train")
     files = expand_files(args.input_files, "--input_files")
     check_record_length(files, config.num_contexts, "--input_files")
+    eval_files = expand_files(args.eval_files, "--eval_files") if args.eval_files else []
+    if eval_files:
+        check_record_length(eval_files, config.num_contexts, "--eval_files")
     precision = "bfloat16" if args.use_bfloat16 else "float16" if args.use_mixed_precision else "float32"
     if args.optimizer == "adafactor" and precision != "float32":
         raise UserError("--optimizer adafactor needs float32 activations: Mesh TensorFlow's Adafactor updates "
@@ -330,17 +335,13 @@ def run_from_args(args, directory: str, parameters, prepare=None) -> int:
         mesh = make_mesh(args.mesh_shape, args.layout, args.tpu)
     except MeshError as error:
         raise UserError(str(error)) from None
-    frozen = frozenset()
-    if prepare is not None:
-        parameters, frozen = prepare()
-        config = parameters.model
     settings = Settings(
         input_files=files, batch_size=pick(args.batch_size, "batch_size", 16), max_steps=args.max_steps,
         learning_rate=pick(args.learning_rate, "base_lr", 1e-4), warmup_steps=pick(args.warmup_steps,
                                                                                     "num_warmup_steps", 1000),
         decay=args.decay, final_learning_rate=args.final_learning_rate, optimizer=args.optimizer,
         weight_decay=args.weight_decay, clip_gradients=args.clip_gradients, spout_vector=args.spout_vector,
-        precision=precision, seed=args.seed, frozen=frozen)
+        precision=precision, seed=args.seed)
     loop = LoopSettings(max_steps=args.max_steps, save_every=pick(args.save_every, "checkpoint_per_steps", 1000),
                         keep_checkpoints=pick(args.keep_checkpoints, "max_to_keep_save", 5),
                         eval_every=args.eval_every if args.eval_files else 0, log_every=args.log_every)
@@ -351,11 +352,12 @@ def run_from_args(args, directory: str, parameters, prepare=None) -> int:
     if settings.batch_size % mesh.batch_split:
         raise UserError(f"--batch_size {settings.batch_size} is not a multiple of the mesh's batch axis "
                         f"({mesh.batch_split})")
+    if prepare is not None:
+        parameters, frozen = prepare()
+        config, settings = parameters.model, dataclasses.replace(settings, frozen=frozen)
     graph = build(config, settings, mesh)
     evaluate = None
-    if args.eval_files:
-        eval_files = expand_files(args.eval_files, "--eval_files")
-        check_record_length(eval_files, config.num_contexts, "--eval_files")
+    if eval_files:
         evaluation = build_evaluation(config, settings, mesh, graph, eval_files, args.eval_batches)
         evaluate = lambda session, step: evaluation.run(session)  # noqa: E731
     return train(directory, graph, mesh.session_config, mesh.master, loop, evaluate, progress=not args.no_progress)

@@ -89,6 +89,9 @@ def test_spout_only_and_bad_input(setup, tmp_path):
         finetune(setup, tmp_path / "spout", "--add_layers", "1", "--max_steps", "3")
     with pytest.raises(UserError, match="--add_layers must be >= 0"):
         finetune(setup, tmp_path / "neg", "--add_layers", "-1")
+    with pytest.raises(UserError, match="--batch_size must be at least 1"):   # flags are checked first
+        finetune(setup, tmp_path / "zero", "--batch_size", "0")
+    assert not (tmp_path / "zero").exists()
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "file.txt").write_text("mine")
     with pytest.raises(UserError, match="not a fine-tuning directory"):
