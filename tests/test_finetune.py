@@ -80,6 +80,21 @@ def test_only_added_layers_and_spout_train_and_frozen_weights_are_bitwise_equal(
     assert int(checkpoint(out)["global_step"]) == 20
 
 
+def test_same_fine_tuning_on_one_device_and_on_model2(setup, tmp_path):
+    """With heads and experts split over 2 devices the frozen weights stay bitwise the base's and the
+    losses equal one device's. (A split batch axis would also split the routing groups of these small
+    batches, as in the original, and change which tokens overflow: see README.)"""
+    common = ("--add_layers", "2", "--max_steps", "4", "--learning_rate", "1e-2", "--warmup_steps", "1",
+              "--spout_vector", "onehot")
+    finetune(setup, tmp_path / "one", *common)
+    finetune(setup, tmp_path / "two", *common, "--mesh_shape", "batch:1;model:2")
+    base, two = checkpoint(setup / "base"), checkpoint(tmp_path / "two")
+    for name in json.load(open(tmp_path / "two" / "ignore-params.json")):
+        np.testing.assert_array_equal(base[name], two[name], err_msg=name)
+    losses = [[json.loads(line)["loss"] for line in open(tmp_path / run / "train_log.jsonl")] for run in ("one", "two")]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+
+
 def test_spout_only_and_bad_input(setup, tmp_path):
     finetune(setup, tmp_path / "spout", "--add_layers", "0", "--max_steps", "2", "--spout_vector", "onehot")
     tuned = checkpoint(tmp_path / "spout")
