@@ -57,7 +57,7 @@ def child(base: str, work: str, spout: str, steps: int) -> None:
     output = os.path.join(work, f"finetune-{spout}")
     shutil.rmtree(output, ignore_errors=True)
     started = time.perf_counter()
-    finetune.prepare(base, output, ADD_LAYERS, None, None, seed=0)
+    finetune.prepare(base, output, ADD_LAYERS, None, None, seed=0, progress=False)
     prepared = time.perf_counter()
     run_finetune.main(run_finetune.build_parser().parse_args([
         "--base_model", base, "--output", output, "--add_layers", str(ADD_LAYERS), "--input_files",

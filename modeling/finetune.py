@@ -89,7 +89,7 @@ class Prepared(NamedTuple):
 
 
 def prepare(base_dir: str, output: str, add_layers: int, vocabulary: str | None, emoji: str | None,
-            seed: int) -> Prepared:
+            seed: int, progress: bool = True) -> Prepared:
     """The fine-tuning directory ``output`` for ``base_dir``: created on the first run, checked after."""
     if add_layers < 0:
         raise UserError(f"--add_layers must be >= 0, got {add_layers}")
@@ -118,10 +118,16 @@ def prepare(base_dir: str, output: str, add_layers: int, vocabulary: str | None,
     copied = [n for n in base_names if n not in new_shapes]
 
     def tensors():
-        for name in copied:
-            yield name, reader.get_tensor(name)
-        for name, shape in new_shapes.items():
-            yield name, initial_value(name, shape, rng)
+        from tqdm import tqdm  # noqa: PLC0415
+
+        with tqdm(total=len(copied) + len(new_shapes), desc=f"preparing {output}", unit="var",
+                  disable=not progress, dynamic_ncols=True) as bar:
+            for name in copied:
+                yield name, reader.get_tensor(name)
+                bar.update(1)
+            for name, shape in new_shapes.items():
+                yield name, initial_value(name, shape, rng)
+                bar.update(1)
         yield "global_step", np.int64(0)
 
     tf.io.gfile.makedirs(staging)
