@@ -8,7 +8,8 @@ two original defects fixed as the project decided:
   j − P <= i (causal) or j − P < n_b (prefix).
 * D18: padding positions (index >= the sequence's length) are routed to no expert, take no capacity
   and are left out of the load-balancing statistics. At inference every sequence is its own routing
-  group; in training the B·T positions are flattened row-major and cut into G groups (§3.5).
+  group with the capacity of its real length, as if it were run alone and unpadded; in training the
+  B·T positions are flattened row-major and cut into G groups (§3.5).
 
 Nothing here is taken from ``modeling/``; it is deliberately loop-heavy so that each formula can be
 checked against the spec by eye. ``padding_takes_capacity=True`` gives the original D18 behaviour
@@ -121,8 +122,9 @@ def expert(w: dict, layer: int, e: int, x: np.ndarray) -> np.ndarray:
 
 
 def switch_layer(w: dict, layer: int, x: np.ndarray, real: np.ndarray, groups: list[list[tuple[int, int]]],
-                 c: int, coef: float, padding_takes_capacity: bool):
-    """§3.5 for the whole batch x [B, T, d]. ``groups`` lists (b, t) positions in group order.
+                 capacities: list[int], coef: float, padding_takes_capacity: bool):
+    """§3.5 for the whole batch x [B, T, d]. ``groups`` lists (b, t) positions in group order;
+    ``capacities`` gives each group's slots per expert.
 
     Returns FFN output [B, T, d], the layer's aux loss, a [B, T] 'dropped' mask (routed but over
     capacity), the smallest top-1/top-2 probability gap among routed tokens, and the largest slot
@@ -134,7 +136,7 @@ def switch_layer(w: dict, layer: int, x: np.ndarray, real: np.ndarray, groups: l
     dropped = np.zeros((B, T), dtype=bool)
     margin = np.inf
     group_losses = []
-    for members in groups:
+    for members, c in zip(groups, capacities):
         counter = [0] * E                          # explicit cumulative count per expert
         routed = []                                # positions that take part in routing
         f_count = np.zeros(E)
@@ -216,11 +218,12 @@ def reference_forward(weights: dict, model_params: dict, tokens, prefix, lengths
         S_g = B * T // G
         groups = [flat[g * S_g:(g + 1) * S_g] for g in range(G)]
         cf = _param(model_params, "capacity_factor_train")
+        sizes = [S_g] * G
     else:
-        S_g = T
         groups = [[(b, t) for t in range(T)] for b in range(B)]        # one group per sequence
         cf = _param(model_params, "capacity_factor_eval")
-    c = capacity(S_g, E, cf, _param(model_params, "min_expert_capacity"))
+        sizes = [int(n) for n in lengths] if not padding_takes_capacity else [T] * B   # its real length
+    c = [capacity(size, E, cf, _param(model_params, "min_expert_capacity")) for size in sizes]
 
     masks = [attention_mask(T, P, int(prefix[b])) for b in range(B)]
     pasts = None
