@@ -19,7 +19,7 @@ import numpy as np
 
 from modeling import checkpoint, runtime
 from modeling.cli import UserError
-from modeling.config import Parameters, read_parameters, write_parameters
+from modeling.config import ModelConfig, Parameters, read_parameters, write_parameters
 from modeling.files import write_json
 from modeling.mtf_compat import tf
 
@@ -58,7 +58,8 @@ def spout_sensitivity(kernels: list[np.ndarray]) -> float:
     return float(h.std(axis=0).mean())
 
 
-def created_variables(base, config, reader, base_dir: str) -> dict[str, tuple[int, ...]]:
+def created_variables(base: ModelConfig, config: ModelConfig, reader: tf.train.CheckpointReader,
+                      base_dir: str) -> dict[str, tuple[int, ...]]:
     """Names and shapes of the variables the fine-tuning directory creates instead of copying: the added
     layers, ``ete`` if new, the spout projection for the new layer count, and a spout MLP that cannot
     learn."""

@@ -93,11 +93,11 @@ def vector_position(example: Example, pos_vector: int, where: str) -> int:
 
 
 def bucket_length(length: int, num_contexts: int) -> int:
-    """The padded length of a ``length``-token input: rounded up to a multiple of 8, or when longer of a
-    quarter of the power of two below it (…, 64, 80, 96, 112, 128, 160, …), at most ``num_contexts``. A corpus
-    then needs at most four compiled shapes per octave, and no input pays more than 7 tokens or a
-    quarter again for padding. Padding changes no result (each sequence is routed with the capacity of its real
-    length)."""
+    """The padded length of a ``length``-token input: rounded up to a multiple of 8, or when longer
+    of a quarter of the power of two below it (…, 64, 80, 96, 112, 128, 160, …), at most
+    ``num_contexts``. A corpus then needs at most four compiled shapes per octave, and no input pays
+    more than 7 tokens or a quarter again for padding. Padding changes no result (each sequence is
+    routed with the capacity of its real length)."""
     step = max(8, (1 << max(length - 1, 1).bit_length()) // 8)
     return min(-(-length // step) * step, num_contexts)
 
@@ -116,10 +116,11 @@ def plan_batches(examples: list[Example], batch_size: int, num_contexts: int,
 
 def mask_fill_forwards(runtime: Runtime, examples: list[Example], batch_size: int, mask_id: int
                        ) -> dict[int, Forward]:
-    """One forward with the mask-filling outputs per padded length that ``examples`` need (build them
-    before the runtime restores its weights)."""
+    """One forward with the mask-filling outputs per padded length that ``plan_batches`` uses for
+    ``examples`` (build them before the runtime restores its weights)."""
     forwards = {}
-    for length in sorted({bucket_length(len(e.tokens), runtime.config.num_contexts) for e in examples}):
+    plan = plan_batches(examples, batch_size, runtime.config.num_contexts)
+    for length in sorted({length for window in plan for length, _ in window}):
         forwards[length] = runtime.forward(batch_size, length)
         add_mask_fill_outputs(forwards[length], mask_id)
     return forwards
