@@ -283,15 +283,15 @@ def check_class_ids(files: list[str], spout_vector: str, num_spout: int) -> None
     original wrapped them silently with i mod S). Read from records.json, else from the records."""
     classes = num_spout // 2 if spout_vector == "half_onehot" else num_spout
     for folder in sorted({os.path.dirname(name) for name in files}):
-        summary_path = os.path.join(folder, SUMMARY_FILE)
+        summary_path, summary = os.path.join(folder, SUMMARY_FILE), {}
         if tf.io.gfile.exists(summary_path):
             with tf.io.gfile.GFile(summary_path, "r") as f:
                 summary = json.load(f)
-            if summary.get("class_ids") != "csv":
-                raise UserError(f"--spout_vector {spout_vector}: the records in {folder} carry running record "
-                                "numbers, not class ids; build them from a 'filename,fileid' CSV")
-            largest = summary["max_class_id"]
-        else:
+        if summary.get("class_ids", "csv") != "csv":
+            raise UserError(f"--spout_vector {spout_vector}: the records in {folder} carry running record "
+                            "numbers, not class ids; build them from a 'filename,fileid' CSV")
+        largest = summary.get("max_class_id")
+        if largest is None:   # records of the original tools, or of an older version of ours
             ids = tf.data.TFRecordDataset([n for n in files if os.path.dirname(n) == folder]).map(
                 lambda raw: tf.io.parse_single_example(raw, {"i": tf.io.FixedLenFeature([1], tf.int64)})["i"][0])
             largest = int(ids.reduce(tf.constant(-1, tf.int64), tf.maximum))

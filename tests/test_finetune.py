@@ -147,15 +147,20 @@ def test_class_ids_must_fit_the_spout(setup, tmp_path):
     """onehot takes ids < S = 8, half_onehot ids < 4; running record numbers are no classes."""
     (tmp_path / "big.csv").write_text(f"filename,fileid\n{setup / 'class0.txt'},5\n", encoding="utf-8")
     encode(tmp_path / "big.csv", tmp_path / "big")
-    bare = tmp_path / "bare"     # the same records without records.json: the ids are read from the records
-    bare.mkdir()
-    for shard in (tmp_path / "big").glob("*.tfrecord"):
-        (bare / shard.name).write_bytes(shard.read_bytes())
+    bare, old = tmp_path / "bare", tmp_path / "old"   # without records.json, or one from before max_class_id:
+    for folder in (bare, old):                          # the ids are read from the records
+        folder.mkdir()
+        for shard in (tmp_path / "big").glob("*.tfrecord"):
+            (folder / shard.name).write_bytes(shard.read_bytes())
+    summary = json.loads((tmp_path / "big" / "records.json").read_text())
+    assert summary.pop("max_class_id") == 5
+    (old / "records.json").write_text(json.dumps(summary))
     encode(setup / "class0.txt", tmp_path / "numbered")
     finetune(setup, tmp_path / "ok", "--input_files", str(tmp_path / "big" / "*.tfrecord"), "--add_layers", "0",
              "--max_steps", "1", "--spout_vector", "onehot")
     for records, mode, message in ((tmp_path / "big", "half_onehot", "class id 5, but num_spout 8 allows ids 0..3"),
                                    (bare, "half_onehot", "class id 5, but num_spout 8 allows ids 0..3"),
+                                   (old, "half_onehot", "class id 5, but num_spout 8 allows ids 0..3"),
                                    (tmp_path / "numbered", "onehot", "running record numbers")):
         with pytest.raises(UserError, match=message):
             finetune(setup, tmp_path / "refused", "--input_files", str(records / "*.tfrecord"), "--add_layers", "0",
