@@ -52,12 +52,12 @@ def child(base: str, work: str, spout: str, steps: int) -> None:
     import numpy as np
 
     import run_finetune
-    from modeling import finetune
+    from modeling import finetune, runtime
 
     output = os.path.join(work, f"finetune-{spout}")
     shutil.rmtree(output, ignore_errors=True)
     started = time.perf_counter()
-    finetune.prepare(base, output, ADD_LAYERS, None, None, seed=0, progress=False)
+    finetune.prepare(runtime.open_model_dir(base), output, ADD_LAYERS, None, None, seed=0, progress=False)
     prepared = time.perf_counter()
     run_finetune.main(run_finetune.build_parser().parse_args([
         "--base_model", base, "--output", output, "--add_layers", str(ADD_LAYERS), "--input_files",

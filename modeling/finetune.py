@@ -89,13 +89,13 @@ class Prepared(NamedTuple):
     frozen: frozenset[str]   # variable names that are not trained
 
 
-def prepare(base_dir: str, output: str, add_layers: int, vocabulary: str | None, emoji: str | None,
+def prepare(base: runtime.ModelDir, output: str, add_layers: int, vocabulary: str | None, emoji: str | None,
             seed: int, progress: bool = True) -> Prepared:
-    """The fine-tuning directory ``output`` for ``base_dir``: created on the first run, checked after."""
+    """The fine-tuning directory ``output`` for the (opened) base model: created on the first run,
+    checked after."""
     if add_layers < 0:
         raise UserError(f"--add_layers must be >= 0, got {add_layers}")
-    base = runtime.open_model_dir(base_dir)
-    marker = {"base_model": base_dir, "base_checkpoint": os.path.basename(base.checkpoint), "add_layers": add_layers}
+    marker = {"base_model": base.path, "base_checkpoint": os.path.basename(base.checkpoint), "add_layers": add_layers}
     marker_path = os.path.join(output, MARKER_FILE)
     if tf.io.gfile.exists(marker_path):
         with tf.io.gfile.GFile(marker_path, "r") as f:
@@ -115,7 +115,7 @@ def prepare(base_dir: str, output: str, add_layers: int, vocabulary: str | None,
     reader = tf.train.load_checkpoint(base.checkpoint)
     base_names = sorted(n for n in reader.get_variable_to_shape_map() if checkpoint.is_model_variable(n))
     rng = np.random.default_rng(seed)
-    new_shapes = created_variables(base.config, config, reader, base_dir)
+    new_shapes = created_variables(base.config, config, reader, base.path)
     copied = [n for n in base_names if n not in new_shapes]
 
     def tensors():
@@ -137,7 +137,7 @@ def prepare(base_dir: str, output: str, add_layers: int, vocabulary: str | None,
     frozen = [n for n in copied if not n.startswith("pasts/")]
     write_json(os.path.join(staging, IGNORE_FILE), frozen)
     parameters = dataclasses.replace(base.parameters, model=config)
-    runtime.install_tokenizer(staging, config, *runtime.tokenizer_files(base_dir, vocabulary, emoji))
+    runtime.install_tokenizer(staging, config, *runtime.tokenizer_files(base.path, vocabulary, emoji))
     write_parameters(os.path.join(staging, runtime.PARAMETERS_FILE), parameters)
     write_json(os.path.join(staging, MARKER_FILE), marker)
     if tf.io.gfile.exists(output):

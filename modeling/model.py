@@ -221,14 +221,14 @@ class Routing:
 
 
 def route(router_logits: mtf.Tensor, nonpadding: mtf.Tensor, dims: Dims, capacity: int,
-          config: ModelConfig, sequence_factor: float | None = None) -> Routing:
+          config: ModelConfig, capacity_by_length: list[int] | None = None) -> Routing:
     """Switch top-1 routing in float32; tokens enter their expert in group order up to ``capacity``.
 
     Padding (``nonpadding`` = 0) is routed nowhere and counts in no statistic, so it never takes a
-    slot from a real token (an original defect, D18). With ``sequence_factor`` (inference: one group
-    per sequence) each group keeps as many tokens per expert as the capacity rule gives for its *real*
-    length, so a sequence's output does not depend on how far a batch pads it; ``capacity`` is then
-    only the number of slots computed.
+    slot from a real token (an original defect, D18). With ``capacity_by_length`` (inference: one
+    group per sequence; entry n is ``expert_capacity`` of n tokens) each group keeps as many tokens per
+    expert as its *real* length allows, so a sequence's output does not depend on how far a batch pads
+    it; ``capacity`` is then only the number of slots computed.
     """
     groups, group = router_logits.shape.dims[:2]
     experts = dims.experts
@@ -238,11 +238,12 @@ def route(router_logits: mtf.Tensor, nonpadding: mtf.Tensor, dims: Dims, capacit
     expert_mask = mtf.one_hot(index, experts, dtype=tf.float32) * nonpadding     # [groups, group, experts]
     position = (mtf.cumsum(expert_mask, group) - 1.0) * expert_mask                 # slot in the expert
     limit = float(capacity)
-    if sequence_factor is not None:   # expert_capacity of each group's real length, as a tensor
-        real_tokens = mtf.reduce_sum(nonpadding, reduced_dim=group)
-        limit = mtf.maximum(mtf.minimum(real_tokens, mtf.floordiv(real_tokens * sequence_factor,
-                                                                  float(experts.size))),
-                            float(config.min_expert_capacity))
+    if capacity_by_length is not None:   # looked up by each group's real length
+        lengths = dim("real_length", len(capacity_by_length))
+        table = mtf.import_tf_tensor(router_logits.mesh, tf.constant(capacity_by_length, tf.float32),
+                                     mtf.Shape([lengths]))
+        real_length = mtf.cast(mtf.reduce_sum(nonpadding, reduced_dim=group), tf.int32)
+        limit = mtf.reduce_sum(mtf.one_hot(real_length, lengths) * table, reduced_dim=lengths)
     kept = expert_mask * mtf.cast(mtf.less(position, limit), tf.float32)
     dispatch = kept * mtf.one_hot(mtf.cast(position, tf.int32), capacity_dim, dtype=tf.float32)
     tokens = mtf.maximum(mtf.reduce_sum(nonpadding, reduced_dim=group), 1.0)     # [groups]
@@ -261,7 +262,8 @@ def route(router_logits: mtf.Tensor, nonpadding: mtf.Tensor, dims: Dims, capacit
 
 def switch_ffn(x: mtf.Tensor, dims: Dims, config: ModelConfig, nonpadding: mtf.Tensor, groups: int,
                capacity: int, jitter: mtf.Tensor | None, dtype: mtf.VariableDType,
-               gather_experts: bool = False, sequence_factor: float | None = None) -> tuple[mtf.Tensor, Routing]:
+               gather_experts: bool = False, capacity_by_length: list[int] | None = None
+               ) -> tuple[mtf.Tensor, Routing]:
     """Top-1 mixture of ReLU experts plus the dense tanh "softmlp" bypass (spec §3.5).
 
     ``gather_experts`` (one token per group, experts not split over the mesh: a generation step)
@@ -279,7 +281,8 @@ def switch_ffn(x: mtf.Tensor, dims: Dims, config: ModelConfig, nonpadding: mtf.T
                       fan_in_truncated_normal(dims.d_model.size), dtype)
     router_logits = mtf.einsum([router_input, mtf.cast(w_gate, tf.float32)],
                                mtf.Shape(grouped_shape + [dims.experts]))
-    routing = route(router_logits, mtf.reshape(nonpadding, grouped_shape), dims, capacity, config, sequence_factor)
+    routing = route(router_logits, mtf.reshape(nonpadding, grouped_shape), dims, capacity, config,
+                    capacity_by_length)
 
     w_i = variable(x.mesh, "wi/kernel", [dims.experts, dims.d_model, dims.expert_hidden],
                    fan_in_truncated_normal(dims.d_model.size), dtype)
@@ -392,8 +395,11 @@ def forward(mesh: mtf.Mesh, config: ModelConfig, inputs: Inputs, *, training: bo
         groups, factor = batch.size, config.capacity_factor_eval
     group_size = batch.size * length.size // groups
     capacity = expert_capacity(group_size, config.num_experts, factor, config.min_expert_capacity)
+    capacity_by_length = None
     if not training:   # no expert can receive more than the whole group: the same tokens are kept, fewer
         capacity = min(capacity, group_size)   # empty slots computed (one token per step: 1 slot)
+        capacity_by_length = [expert_capacity(n, config.num_experts, factor, config.min_expert_capacity)
+                              for n in range(group_size + 1)]
     gather = group_size == 1 and not training and not experts_split
     has_spout, cache = inputs.spout is not None, inputs.cache
     if has_spout and not config.num_spout:
@@ -440,7 +446,7 @@ def forward(mesh: mtf.Mesh, config: ModelConfig, inputs: Inputs, *, training: bo
                                      jitter_seed, layer)
                 with tf.variable_scope(f"moe{layer}"):
                     f, routing = switch_ffn(x, dims, config, inputs.nonpadding, groups, capacity, jitter, dtype,
-                                            gather_experts=gather, sequence_factor=None if training else factor)
+                                            gather_experts=gather, capacity_by_length=capacity_by_length)
                 aux_loss += routing.aux_loss
                 fractions.append(routing.expert_fraction)
                 dropped.append(routing.dropped_fraction)
