@@ -59,25 +59,29 @@ class Sequence:
         return float(np.mean(self.logprobs)) if self.logprobs else 0.0
 
 
-def filter_logits(logits: np.ndarray, s: Sampling, banned: list[int]) -> np.ndarray:
-    """Log-probabilities after banning, temperature, top-k then top-p; removed tokens get -inf.
+def sample(logits: tf.Tensor, uniform: tf.Tensor, options: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+    """Next tokens [B] drawn in the graph from logits [B, V], and their log-probabilities under the model.
 
-    Top-p keeps the smallest set of most likely tokens whose probability reaches ``top_p``,
-    including the token that crosses the threshold.
+    The ``banned`` token ids are removed, then temperature, then the ``top_k`` most likely tokens are kept (0:
+    all), then top-p keeps the smallest set of most likely tokens whose probability reaches ``top_p``,
+    including the token that crosses the threshold. The token is the inverse CDF of the kept
+    probabilities at ``uniform`` [B] (drawn by the caller's seeded generator). ``top_k`` 1 is greedy.
     """
-    z = logits.astype(np.float64) / s.temperature
-    z[banned] = -np.inf
-    if 0 < s.top_k < z.size:
-        kth = np.partition(z, -s.top_k)[-s.top_k]
-        z[z < kth] = -np.inf
-    z -= z.max()
-    logp = z - np.log(np.exp(z).sum())
-    if s.top_p < 1.0:
-        order = np.argsort(-logp, kind="stable")
-        before = np.cumsum(np.exp(logp[order])) - np.exp(logp[order])   # mass of the more likely tokens
-        logp[order[before >= s.top_p]] = -np.inf
-        logp -= np.log(np.exp(logp).sum())
-    return logp
+    vocab = logits.shape[-1]
+    banned = options["banned"]
+    is_banned = tf.scatter_nd(banned[:, None], tf.ones_like(banned, tf.bool), [vocab])
+    z = tf.where_v2(is_banned, tf.fill(tf.shape(logits), -np.inf), logits / options["temperature"])
+    k = tf.where_v2(options["top_k"] > 0, tf.minimum(options["top_k"], vocab), vocab)
+    top, ids = tf.math.top_k(z, k)                                                # most likely first
+    probs = tf.nn.softmax(top)
+    before = tf.cumsum(probs, axis=-1, exclusive=True)                            # mass of the more likely
+    probs = tf.where_v2((before >= options["top_p"]) & (options["top_p"] < 1.0), tf.zeros_like(probs), probs)
+    cdf = tf.cumsum(probs, axis=-1)
+    below = tf.reduce_sum(tf.cast(cdf <= uniform[:, None] * cdf[:, -1:], tf.int32), -1)
+    choice = tf.minimum(below, k - 1)
+    tokens = tf.gather(ids, choice, axis=1, batch_dims=1)
+    logprobs = tf.gather(tf.nn.log_softmax(logits), tokens, axis=1, batch_dims=1)
+    return tokens, logprobs
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -86,7 +90,11 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class Generator:
-    """Prefill and one-token step graphs over a runtime's weights, with the cache variables."""
+    """Prefill and one-token step graphs over a runtime's weights, with the key/value cache variables.
+
+    The cache holds per layer keys and values [slots, batch, heads, d_kv] (slot-major, so the
+    visible leading slots are read in place). The step writes its own key/value after it has run.
+    Both graphs end in ``sample``, so a step returns tokens, not [batch, vocabulary] logits."""
 
     def __init__(self, runtime: Runtime, batch_size: int, prompt_length: int, spout: bool):
         c = runtime.config
@@ -94,39 +102,50 @@ class Generator:
         self.slots = c.num_contexts              # P spout slot + token slots (positions never exceed C)
         self.first_token_slot = int(spout)
         with runtime.graph.as_default(), tf.variable_scope(None, default_name="cache"):  # unique per generator
-            shape = [batch_size, c.num_header, self.slots, c.head_size]
+            shape = [self.slots, batch_size, c.num_header, c.head_size]
             self.cache = [tuple(tf.get_variable(f"{kind}{layer}", shape, initializer=tf.zeros_initializer(),
                                                 trainable=False, collections=[tf.GraphKeys.LOCAL_VARIABLES])
                                 for kind in ("k", "v")) for layer in range(c.num_layers)]
         self.prefill = runtime.forward(batch_size, prompt_length, spout=spout)
         self.step = runtime.forward(batch_size, 1, spout=spout, cache=self.cache)
         with runtime.graph.as_default():
+            self._options = {"temperature": tf.placeholder(tf.float32, [], "temperature"),
+                             "top_k": tf.placeholder(tf.int32, [], "top_k"),
+                             "top_p": tf.placeholder(tf.float32, [], "top_p"),
+                             "banned": tf.placeholder(tf.int32, [None], "banned")}
+            for forward in (self.prefill, self.step):
+                uniform = tf.placeholder(tf.float32, [batch_size], "uniform")
+                forward.placeholders.update(self._options, uniform=uniform)
+                forward.tensors["tokens"], forward.tensors["logprobs"] = sample(
+                    forward.tensors["next_logits"], uniform, self._options)
             self._build_cache_writes()
             self._init = tf.variables_initializer([v for pair in self.cache for v in pair])
 
     def _build_cache_writes(self) -> None:
         first, prefill, step = self.first_token_slot, self.prefill, self.step
+
+        def slot_major(t: tf.Tensor) -> tf.Tensor:   # [B, H, T, d_kv] -> [T, B, H, d_kv]
+            return tf.transpose(t, [2, 0, 1, 3])
+
         writes = []
-        for layer, (k, v) in enumerate(self.cache):
-            for var, kind in ((k, "keys"), (v, "values")):
-                end = first + prefill.length
-                writes.append(var[:, :, first:end, :].assign(prefill.tensors[kind][layer]))
+        for layer, pair in enumerate(self.cache):
+            for var, kind in zip(pair, ("keys", "values")):
+                writes.append(tf.scatter_update(var, tf.range(first, first + prefill.length),
+                                                slot_major(prefill.tensors[kind][layer])))
                 if "spout_keys" in prefill.tensors:
-                    writes.append(var[:, :, 0:1, :].assign(prefill.tensors["spout_" + kind][layer]))
-        self.prefill.tensors["write_cache"] = tf.group(writes)
+                    writes.append(tf.scatter_update(var, [0], slot_major(prefill.tensors["spout_" + kind][layer])))
+        prefill.tensors["write_cache"] = tf.group(writes)
         # The step's own key/value go to slot first + query_index, after the step has read the cache.
         slot = step.placeholders["query_index"][:, 0] + first                      # [batch]
-        batch = tf.range(self.batch_size)
-        heads = tf.range(self.runtime.config.num_header)
-        b, h = tf.meshgrid(batch, heads, indexing="ij")
-        index = tf.stack([b, h, tf.broadcast_to(slot[:, None], b.shape)], axis=-1)   # [batch, heads, 3]
-        with tf.control_dependencies([step.tensors["logits"]]):
+        index = tf.stack([slot, tf.range(self.batch_size)], axis=-1)              # [batch, 2]
+        with tf.control_dependencies([step.tensors["next_logits"]]):
             step_writes = [tf.scatter_nd_update(var, index, step.tensors[kind][layer][:, :, 0, :])
-                           for layer, (k, v) in enumerate(self.cache) for var, kind in ((k, "keys"), (v, "values"))]
+                           for layer, pair in enumerate(self.cache) for var, kind in zip(pair, ("keys", "values"))]
         step.tensors["write_cache"] = tf.group(step_writes)
         parents = tf.placeholder(tf.int32, [self.batch_size], "beam_parents")
         self._parents = parents
-        self._reorder = tf.group([var.assign(tf.gather(var, parents)) for pair in self.cache for var in pair])
+        self._reorder = tf.group([var.assign(tf.gather(var.read_value(), parents, axis=1))
+                                  for pair in self.cache for var in pair])
 
     def start(self) -> None:
         self.runtime.start().run(self._init)
@@ -135,29 +154,38 @@ class Generator:
         """Beam search: row i continues from row ``parents[i]``'s cache."""
         self.runtime.start().run(self._reorder, {self._parents: parents})
 
-    def encode(self, rows: list[list[int]], prefixes: list[int], spouts: np.ndarray | None) -> np.ndarray:
-        """Run the prompts (right-padded) and fill the cache; returns each row's next-token logits."""
+    def encode(self, rows: list[list[int]], prefixes: list[int], spouts: np.ndarray | None,
+               fetches: tuple[str, ...] = ("next_logits",), **options) -> dict[str, np.ndarray]:
+        """Run the prompts (right-padded) and fill the cache; returns ``fetches`` per row (the next
+        token's ``next_logits``, or a sampled ``tokens`` and its ``logprobs`` given ``options``)."""
         tokens = np.zeros([self.batch_size, self.prefill.length], np.int32)
         lengths = np.ones([self.batch_size], np.int32)
         prefix = np.zeros([self.batch_size], np.int32)
         for i, row in enumerate(rows):
             tokens[i, :len(row)], lengths[i], prefix[i] = row, len(row), prefixes[i]
-        out = self.runtime.run(self.prefill, ["logits", "write_cache"], tokens, prefix, lengths, spouts)
-        return out["logits"][np.arange(self.batch_size), lengths - 1]
+        return self.runtime.run(self.prefill, [*fetches, "write_cache"], tokens, prefix, lengths, spouts,
+                                **self._sampling_feed(options))
 
-    def next_logits(self, tokens: np.ndarray, positions: np.ndarray, prefixes: np.ndarray,
-                    active: np.ndarray) -> np.ndarray:
-        """Feed one token per row at token index ``positions``; returns next-token logits [batch, V]."""
+    def next(self, tokens: np.ndarray, positions: np.ndarray, prefixes: np.ndarray, active: np.ndarray,
+             fetches: tuple[str, ...] = ("next_logits",), **options) -> dict[str, np.ndarray]:
+        """Feed one token per row at token index ``positions``; returns ``fetches`` as ``encode``."""
         slot_index = np.full([self.batch_size, self.slots], INVISIBLE, np.int32)
         if self.spout:
             slot_index[:, 0] = -1
         token_slots = np.arange(self.slots - self.first_token_slot)
         seen = token_slots[None, :] < positions[:, None]
         slot_index[:, self.first_token_slot:] = np.where(seen, token_slots[None, :], INVISIBLE)
-        out = self.runtime.run(self.step, ["logits", "write_cache"], tokens[:, None].astype(np.int32),
-                               prefixes.astype(np.int32), active.astype(np.int32),
-                               query_index=positions[:, None].astype(np.int32), slot_index=slot_index)
-        return out["logits"][:, 0]
+        return self.runtime.run(self.step, [*fetches, "write_cache"], tokens[:, None].astype(np.int32),
+                                prefixes.astype(np.int32), active.astype(np.int32),
+                                query_index=positions[:, None].astype(np.int32), slot_index=slot_index,
+                                **self._sampling_feed(options))
+
+    def _sampling_feed(self, options: dict) -> dict[str, np.ndarray]:
+        if not options:
+            return {}
+        s: Sampling = options["sampling"]
+        return {"temperature": np.float32(s.temperature), "top_k": np.int32(s.top_k), "top_p": np.float32(s.top_p),
+                "banned": np.array(options["banned"], np.int32), "uniform": options["uniform"].astype(np.float32)}
 
 
 def generate(generator: Generator, prompts: list[Prompt], sampling: Sampling, ids: dict[str, int],
@@ -167,17 +195,19 @@ def generate(generator: Generator, prompts: list[Prompt], sampling: Sampling, id
     """Sample one continuation per prompt (``len(prompts) <= batch_size``). ``stop(tokens)`` ends a
     sequence with finish reason ``stop``; ``on_token(row, sequence)`` is called after every token.
     ``fed`` maps a generated token to the token fed back (the <|separator|> a model trained on our
-    records saw in place of sentence-final punctuation); the output keeps the generated token."""
+    records saw in place of sentence-final punctuation); the output keeps the generated token.
+    NOT and SEP are never sampled."""
     fed = fed or {}
     size = generator.batch_size
     rows = [p.tokens(ids["start"], ids["segmenter"]) for p in prompts]
     rows += [rows[0]] * (size - len(rows))
     prefixes = np.array([len(p.prefix) + 1 for p in prompts] + [0] * (size - len(prompts)))
     spouts = _spouts(prompts, size, generator)
-    banned = [ids["not_token"], ids["separator"]]
     started = time.perf_counter()
     generator.start()
-    logits = generator.encode(rows, prefixes.tolist(), spouts)
+    fetches = ("tokens", "logprobs")
+    options = dict(sampling=sampling, banned=[ids["not_token"], ids["separator"]])
+    out = generator.encode(rows, prefixes.tolist(), spouts, fetches, uniform=rng.random(size), **options)
     positions = np.array([len(r) for r in rows])
     sequences = [Sequence() for _ in prompts]
     active = np.array([True] * len(prompts) + [False] * (size - len(prompts)))
@@ -185,11 +215,10 @@ def generate(generator: Generator, prompts: list[Prompt], sampling: Sampling, id
     while active.any():
         chosen = np.zeros(size, np.int64)
         for row in np.flatnonzero(active):
-            logp = filter_logits(logits[row], sampling, banned)
-            token = int(np.argmax(logp)) if sampling.top_k == 1 else int(rng.choice(logp.size, p=np.exp(logp)))
+            token = int(out["tokens"][row])
             seq = sequences[row]
             seq.tokens.append(token)
-            seq.logprobs.append(float(log_softmax(logits[row])[token]))
+            seq.logprobs.append(float(out["logprobs"][row]))
             chosen[row] = fed.get(token, token)
             if token == ids["end_of_text"]:
                 seq.finish_reason = "end_of_text"
@@ -204,7 +233,7 @@ def generate(generator: Generator, prompts: list[Prompt], sampling: Sampling, id
                 seq.seconds = time.perf_counter() - started
         if not active.any():
             break
-        logits = generator.next_logits(chosen, positions, prefixes, active)
+        out = generator.next(chosen, positions, prefixes, active, fetches, uniform=rng.random(size), **options)
         positions = positions + active
     return sequences
 
@@ -230,7 +259,7 @@ def beam_search(generator: Generator, prompt: Prompt, sampling: Sampling, ids: d
     banned = [ids["not_token"], ids["separator"]]
     started = time.perf_counter()
     generator.start()
-    logits = generator.encode([row] * width, prefixes.tolist(), _spouts([prompt] * width, width, generator))
+    logits = generator.encode([row] * width, prefixes.tolist(), _spouts([prompt] * width, width, generator))["next_logits"]
     limit = generator.slots - generator.first_token_slot
     beams = [Sequence()]                       # live beams; at the start only one (all rows are equal)
     finished: list[Sequence] = []
@@ -263,7 +292,7 @@ def beam_search(generator: Generator, prompt: Prompt, sampling: Sampling, ids: d
         generator.reorder(np.array(padded, np.int32))
         chosen = np.array([(fed or {}).get(t, t) for t in tokens] + [0] * (width - len(tokens)))
         active = np.array([True] * len(tokens) + [False] * (width - len(tokens)))
-        logits = generator.next_logits(chosen, np.full(width, position), prefixes, active)
+        logits = generator.next(chosen, np.full(width, position), prefixes, active)["next_logits"]
         position += 1
     return sorted(finished, key=lambda s: -s.score)
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from encode_swe import DEFAULT_EMOJI, DEFAULT_VOCABULARY, SWEEncoder, TokenizerError
 from modeling import checkpoint
+from modeling import inference
 from modeling import model as network
 from modeling.cli import UserError
 from modeling.config import ModelConfig, Parameters, read_parameters
@@ -124,8 +125,10 @@ class Forward:
 class Runtime:
     """A TF graph holding one model's variables and any number of lowered forward passes over them."""
 
-    def __init__(self, config: ModelConfig, mesh: MeshSetup, seed: int = 0):
+    def __init__(self, config: ModelConfig, mesh: MeshSetup, seed: int = 0, direct: bool = True):
         self.config, self.mesh = config, mesh
+        self._direct_inference = direct
+        self._variable_lowerings: set[tuple[int, int, bool]] = set()
         self.graph = tf.Graph()
         with self.graph.as_default():
             tf.set_random_seed(seed)  # initialisers draw their op seeds from it when created
@@ -138,12 +141,16 @@ class Runtime:
 
         ``training`` switches to training-time routing (groups across the batch, training capacity
         factor); the router jitter needs a seed and belongs to the training loop. With ``cache``
-        (per layer key and value variables [batch, heads, slots, d_kv]) the inputs attend to those
+        (per layer key and value variables [slots, batch, heads, d_kv]) the inputs attend to those
         slots too: extra placeholders ``query_index`` [batch, length] (token indices of the inputs)
         and ``slot_index`` [batch, slots] (see model.Cache); ``spout`` then means the cache holds a
-        spout slot. The exports include this input's keys and values (``keys``, ``values``:
+        spout slot. The exports include ``next_logits`` [batch, vocab] (at each row's last real token),
+        this input's keys and values (``keys``, ``values``:
         [layers, batch, heads, length, d_kv]) and, with a spout and no cache, the spout's
         (``spout_keys``, ``spout_values``).
+
+        Inference on one device runs ``modeling.inference`` (same numbers, no mesh overhead) unless
+        the runtime was made with ``direct=False``; everything else is lowered by Mesh TensorFlow.
         """
         c = self.config
         if length + int(spout) > c.num_contexts:  # positions are never clipped (D14)
@@ -160,49 +167,92 @@ class Runtime:
             }
             if spout and cache is None:
                 placeholders["spout"] = tf.placeholder(tf.float32, [batch_size, c.num_spout], "spout")
-            graph = mtf.Graph()
-            mesh = mtf.Mesh(graph, "mesh")
-            dims = network.Dims(c)
-            batch, time = mtf.Dimension("batch", batch_size), mtf.Dimension("length", length)
-
-            def imported(name: str, dims_: list) -> mtf.Tensor:
-                return mtf.import_tf_tensor(mesh, placeholders[name], mtf.Shape(dims_))
-
-            nonpadding = tf.sequence_mask(placeholders["lengths"], length, tf.float32)
-            inputs = network.Inputs(
-                tokens=imported("tokens", [batch, time]), prefix=imported("prefix", [batch]),
-                nonpadding=mtf.import_tf_tensor(mesh, nonpadding, mtf.Shape([batch, time])),
-                spout=imported("spout", [batch, dims.spout]) if "spout" in placeholders else None)
             if cache is not None:
-                slots = mtf.Dimension("memory", cache[0][0].shape[2])
                 placeholders["query_index"] = tf.placeholder(tf.int32, [batch_size, length], "query_index")
-                placeholders["slot_index"] = tf.placeholder(tf.int32, [batch_size, slots.size], "slot_index")
-                shape = mtf.Shape([batch, dims.heads, slots, dims.d_kv])
-                inputs.query_index = imported("query_index", [batch, time])
-                inputs.cache = network.Cache(
-                    keys=[mtf.import_tf_tensor(mesh, k.read_value(), shape) for k, _ in cache],
-                    values=[mtf.import_tf_tensor(mesh, v.read_value(), shape) for _, v in cache],
-                    index=imported("slot_index", [batch, slots]), spout_slot=spout)
-            axis = self.mesh.mesh_impl.tensor_dimension_to_mesh_axis(dims.experts)
-            experts_split = axis is not None and self.mesh.mesh_impl.shape[axis].size > 1
-            outputs = network.forward(mesh, c, inputs, training=training, batch_split=self.mesh.batch_split,
-                                      experts_split=experts_split)
-            lowering = mtf.Lowering(graph, {mesh: self.mesh.mesh_impl})
-            self._lowerings.append(lowering)
-            export = lowering.export_to_tf_tensor
-
-            def stacked(pairs, i: int) -> tf.Tensor:
-                return tf.stack([export(pair[i]) for pair in pairs])
-
-            tensors = {
-                "logits": export(outputs.logits),
-                "hidden": tf.stack([export(h) for h in outputs.hidden], axis=1),
-                "aux_loss": export(outputs.aux_loss),
-                "keys": stacked(outputs.presents, 0), "values": stacked(outputs.presents, 1),
-            }
-            if outputs.spout_kv is not None:
-                tensors.update(spout_keys=stacked(outputs.spout_kv, 0), spout_values=stacked(outputs.spout_kv, 1))
+                placeholders["slot_index"] = tf.placeholder(tf.int32, [batch_size, cache[0][0].shape[0]],
+                                                            "slot_index")
+            if self.direct and not training:
+                self._lower(1, 1, spout=spout)   # creates the variables (once), never run
+                tensors = self._direct(placeholders, length, spout, cache)
+            else:
+                tensors = self._lower(batch_size, length, spout, training, cache, placeholders)
         return Forward(self.graph, batch_size, length, placeholders, tensors)
+
+    @property
+    def direct(self) -> bool:
+        return self._direct_inference and self.mesh.size == 1
+
+    def _direct(self, placeholders: dict[str, tf.Tensor], length: int, spout: bool,
+                cache: list[tuple[tf.Variable, tf.Variable]] | None) -> dict[str, tf.Tensor]:
+        read = None
+        if cache is not None:
+            query_index = placeholders["query_index"]
+            read = inference.CacheRead(keys=[k for k, _ in cache], values=[v for _, v in cache],
+                                       index=placeholders["slot_index"], spout_slot=spout,
+                                       visible_slots=tf.reduce_max(query_index) + int(spout))
+        return inference.forward(tf.global_variables(), self.config, placeholders["tokens"], placeholders["prefix"],
+                                 placeholders["lengths"], length,
+                                 spout=placeholders.get("spout"), query_index=placeholders.get("query_index"),
+                                 cache=read)
+
+    def _lower(self, batch_size: int, length: int, spout: bool = False, training: bool = False,
+               cache: list[tuple[tf.Variable, tf.Variable]] | None = None,
+               placeholders: dict[str, tf.Tensor] | None = None) -> dict[str, tf.Tensor]:
+        """The Mesh TensorFlow network on ``placeholders`` (new ones if None), lowered on the mesh."""
+        c = self.config
+        if placeholders is None:
+            if (batch_size, length, spout) in self._variable_lowerings:
+                return {}
+            self._variable_lowerings.add((batch_size, length, spout))
+            placeholders = {"tokens": tf.zeros([batch_size, length], tf.int32),
+                            "prefix": tf.zeros([batch_size], tf.int32), "lengths": tf.ones([batch_size], tf.int32)}
+            if spout:
+                placeholders["spout"] = tf.zeros([batch_size, c.num_spout])
+        graph = mtf.Graph()
+        mesh = mtf.Mesh(graph, "mesh")
+        dims = network.Dims(c)
+        batch, time = mtf.Dimension("batch", batch_size), mtf.Dimension("length", length)
+
+        def imported(name: str, dims_: list) -> mtf.Tensor:
+            return mtf.import_tf_tensor(mesh, placeholders[name], mtf.Shape(dims_))
+
+        nonpadding = tf.sequence_mask(placeholders["lengths"], length, tf.float32)
+        inputs = network.Inputs(
+            tokens=imported("tokens", [batch, time]), prefix=imported("prefix", [batch]),
+            nonpadding=mtf.import_tf_tensor(mesh, nonpadding, mtf.Shape([batch, time])),
+            spout=imported("spout", [batch, dims.spout]) if "spout" in placeholders else None)
+        if cache is not None:
+            slots = mtf.Dimension("memory", cache[0][0].shape[0])
+            shape = mtf.Shape([batch, dims.heads, slots, dims.d_kv])
+
+            def read(var: tf.Variable) -> mtf.Tensor:
+                return mtf.import_tf_tensor(mesh, tf.transpose(var.read_value(), [1, 2, 0, 3]), shape)
+
+            inputs.query_index = imported("query_index", [batch, time])
+            inputs.cache = network.Cache(keys=[read(k) for k, _ in cache], values=[read(v) for _, v in cache],
+                                         index=imported("slot_index", [batch, slots]), spout_slot=spout)
+        axis = self.mesh.mesh_impl.tensor_dimension_to_mesh_axis(dims.experts)
+        experts_split = axis is not None and self.mesh.mesh_impl.shape[axis].size > 1
+        outputs = network.forward(mesh, c, inputs, training=training, batch_split=self.mesh.batch_split,
+                                  experts_split=experts_split)
+        lowering = mtf.Lowering(graph, {mesh: self.mesh.mesh_impl})
+        self._lowerings.append(lowering)
+        export = lowering.export_to_tf_tensor
+
+        def stacked(pairs, i: int) -> tf.Tensor:
+            return tf.stack([export(pair[i]) for pair in pairs])
+
+        tensors = {
+            "logits": export(outputs.logits),
+            "hidden": tf.stack([export(h) for h in outputs.hidden], axis=1),
+            "aux_loss": export(outputs.aux_loss),
+            "keys": stacked(outputs.presents, 0), "values": stacked(outputs.presents, 1),
+        }
+        last = tf.maximum(placeholders["lengths"] - 1, 0)
+        tensors["next_logits"] = tf.gather(tensors["logits"], last, axis=1, batch_dims=1)
+        if outputs.spout_kv is not None:
+            tensors.update(spout_keys=stacked(outputs.spout_kv, 0), spout_values=stacked(outputs.spout_kv, 1))
+        return tensors
 
     def variable_shapes(self) -> dict[str, list[int]]:
         with self.graph.as_default():
@@ -235,7 +285,8 @@ class Runtime:
         """Run ``forward`` on one batch; ``more`` feeds placeholders added by callers (by name).
         Returns the requested tensors as numpy arrays."""
         arrays = dict(tokens=tokens, prefix=prefix, lengths=lengths, spout=spout, **more)
-        feed = {placeholder: arrays[name] for name, placeholder in forward.placeholders.items()}
+        feed = {placeholder: arrays[name] for name, placeholder in forward.placeholders.items()
+                if arrays.get(name) is not None}   # fetches that need no such input run without it
         return self.start().run({name: forward.tensors[name] for name in fetches}, feed)
 
     def close(self) -> None:

@@ -15,6 +15,7 @@ from model_dirs import TINY, original_weights, write_model_dir
 from modeling import generation as G
 from modeling.cli import UserError
 from modeling.mesh import make_mesh
+from modeling.mtf_compat import tf
 from modeling.runtime import Runtime, open_model_dir
 
 V = 36000
@@ -83,23 +84,38 @@ def test_cached_greedy_equals_full_window_greedy_and_batching_changes_nothing(mo
         assert seq.tokens == full_window_greedy(runtime, prompt, len(seq.tokens), spout, IDS, fed)
 
 
-def test_top_p_keeps_the_token_that_crosses_the_threshold():
+def sampled_distribution(logits, banned=(), grid: int = 4000, **sampling) -> np.ndarray:
+    """The probability of each token under the in-graph sampler: the share of ``grid`` evenly spaced
+    uniform draws that pick it (exact up to 1/grid, since the sampler is an inverse CDF)."""
+    s = G.Sampling(**sampling)
+    with tf.Graph().as_default(), tf.Session() as session:
+        uniform = (np.arange(grid) + 0.5) / grid
+        options = {"temperature": tf.constant(s.temperature, tf.float32), "top_k": tf.constant(s.top_k),
+                   "top_p": tf.constant(s.top_p, tf.float32), "banned": tf.constant(list(banned), tf.int32)}
+        rows = np.tile(np.asarray(logits, np.float32), (grid, 1))
+        tokens, logprobs = session.run(G.sample(tf.constant(rows), tf.constant(uniform, tf.float32), options))
+    np.testing.assert_allclose(logprobs, np.log(np.exp(rows) / np.exp(rows).sum(1, keepdims=True))[
+        np.arange(grid), tokens], rtol=1e-5)   # the model's own log-probability, whatever the filters
+    return np.bincount(tokens, minlength=len(logits)) / grid
+
+
+def test_sampler_filters_temperature_top_k_and_top_p():
     probs = np.array([0.5, 0.3, 0.15, 0.05])
     logits = np.log(probs)
 
-    def kept(**kw):
-        return set(np.flatnonzero(np.isfinite(G.filter_logits(logits, G.Sampling(top_k=0, **kw), []))))
+    def close(got, expected):
+        np.testing.assert_allclose(got, expected, atol=1.0 / 4000 + 1e-9)
 
-    assert kept(top_p=0.6) == {0, 1}        # 0.5 < 0.6: token 1 crosses it and stays
-    assert kept(top_p=0.5) == {0}           # token 0 alone reaches 0.5
-    assert kept(top_p=0.81) == {0, 1, 2}
-    assert kept(top_p=1.0) == {0, 1, 2, 3}
-    renormalised = np.exp(G.filter_logits(logits, G.Sampling(top_k=0, top_p=0.6), []))
-    np.testing.assert_allclose(renormalised[:2], [0.5 / 0.8, 0.3 / 0.8])
-    assert set(np.flatnonzero(np.isfinite(G.filter_logits(logits, G.Sampling(top_k=2), [0])))) == {1, 2}
+    close(sampled_distribution(logits, top_k=0), probs)
+    close(sampled_distribution(logits, top_k=0, top_p=0.6), [0.5 / 0.8, 0.3 / 0.8, 0, 0])  # token 1 crosses 0.6
+    close(sampled_distribution(logits, top_k=0, top_p=0.5), [1, 0, 0, 0])    # token 0 alone reaches 0.5
+    close(sampled_distribution(logits, top_k=0, top_p=0.81), np.r_[probs[:3] / 0.95, 0])
+    close(sampled_distribution(logits, top_k=2, banned=[0]), [0, 0.3 / 0.45, 0.15 / 0.45, 0])
+    close(sampled_distribution(logits, top_k=1, banned=[0]), [0, 1, 0, 0])   # greedy
     # temperature sharpens before top-p: at T=0.5 token 0 has 0.5^2/(sum of squares) = 0.68 > 0.6
-    assert set(np.flatnonzero(np.isfinite(G.filter_logits(logits, G.Sampling(top_k=0, top_p=0.6,
-                                                                             temperature=0.5), [])))) == {0}
+    close(sampled_distribution(logits, top_k=0, top_p=0.6, temperature=0.5), [1, 0, 0, 0])
+    squared = probs ** 2 / np.sum(probs ** 2)
+    close(sampled_distribution(logits, top_k=3, temperature=0.5), np.r_[squared[:3] / squared[:3].sum(), 0])
 
 
 def test_beam_search_finds_the_best_sequence_of_an_exhaustive_search(tmp_path):

@@ -1,0 +1,208 @@
+"""The network for inference on one device, in plain TensorFlow over the model's own variables.
+
+Mesh TensorFlow lowers every layer for any mesh; on one device that generality costs time: a
+routed expert's weights are copied out of ``wi``/``wo`` for each token, every expert computes its
+capacity slots whether a token is there or not, and one-hot dispatch/combine einsums move tokens in
+and out. This module computes the same numbers (spec §3, with each sequence its own routing group,
+as ``model.forward`` at inference) the direct way:
+
+* a token reaches its expert by ``dynamic_partition``; an expert's kernels are dim-0 slices of the
+  ``[E, …]`` variables, which TensorFlow hands out without copying, and an expert with no tokens
+  multiplies an empty matrix (no work). A decoding step thus reads one expert per token, no more;
+* attention to a key/value cache gathers only the slots that can be visible, in place.
+
+It is checked against the same numpy reference as the mesh model (``tests/test_model.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from modeling.config import ModelConfig
+from modeling.model import expert_capacity
+from modeling.mtf_compat import tf
+
+
+@dataclasses.dataclass
+class CacheRead:
+    """Earlier tokens' keys and values, kept in variables of layout [slots, batch, heads, d_kv].
+
+    ``index`` [batch, slots] is the token index of every slot (-1 for the spout, a huge value for a
+    slot no query may see); ``visible_slots`` is how many leading slots any query can see.
+    """
+
+    keys: list[tf.Variable]
+    values: list[tf.Variable]
+    index: tf.Tensor
+    visible_slots: tf.Tensor
+    spout_slot: bool
+
+
+class Weights:
+    """The model's variables by their checkpoint names, each read once per graph."""
+
+    def __init__(self, variables: list[tf.Variable]):
+        self._variables = {v.op.name: v for v in variables}
+        self._reads: dict[str, tf.Tensor] = {}
+
+    def __call__(self, name: str) -> tf.Tensor:
+        if name not in self._reads:
+            self._reads[name] = self._variables[name].read_value()
+        return self._reads[name]
+
+
+def layer_norm(x: tf.Tensor, w: Weights, scope: str, epsilon: float) -> tf.Tensor:
+    mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
+    return (x - mean) * tf.math.rsqrt(variance + epsilon) * w(f"{scope}/g") + w(f"{scope}/b")
+
+
+def swish(x: tf.Tensor) -> tf.Tensor:
+    return x * tf.sigmoid(x)
+
+
+def dense(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+    """x [..., n] @ kernel [n, m] for any leading shape."""
+    shape = tf.shape(x)
+    flat = tf.matmul(tf.reshape(x, [-1, kernel.shape[0]]), kernel)
+    return tf.reshape(flat, tf.concat([shape[:-1], [kernel.shape[1]]], 0))
+
+
+def visible(query_index: tf.Tensor, memory_index: tf.Tensor, prefix: tf.Tensor) -> tf.Tensor:
+    """[batch, length, memory] bool: causal (m <= q) or in the bidirectional prefix (m < n_b)."""
+    causal = memory_index[:, None, :] <= query_index[:, :, None]
+    in_prefix = memory_index[:, None, :] < prefix[:, None, None]
+    return tf.logical_or(causal, in_prefix)
+
+
+def attention(x: tf.Tensor, w: Weights, layer: int, config: ModelConfig, mask: tf.Tensor,
+              past: tuple[tf.Tensor, tf.Tensor] | None) -> tuple[tf.Tensor, tuple[tf.Tensor, tf.Tensor]]:
+    """Self-attention (spec §3.4); ``past`` keys/values [B, H, P, d_kv] go in front of the input's own.
+    Returns the output and the input's keys/values [B, H, T, d_kv]."""
+    heads, d_kv, d = config.num_header, config.head_size, config.num_hidden
+    batch, length = tf.shape(x)[0], tf.shape(x)[1]
+    qkv = dense(x, tf.reshape(w(f"model/att{layer}/qkv/kernel"), [d, 3 * d]))
+    qkv = tf.transpose(tf.reshape(qkv, [batch, length, 3, heads, d_kv]), [2, 0, 3, 1, 4])  # [3, B, H, T, d_kv]
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    keys, values = (k, v) if past is None else (tf.concat([past[0], k], 2), tf.concat([past[1], v], 2))
+    scores = tf.matmul(q, keys, transpose_b=True) * (1.0 / math.sqrt(d_kv))
+    seen = tf.cast(mask[:, None], tf.float32)
+    weights = tf.nn.softmax(scores * seen - 10000.0 * (1.0 - seen))
+    context = tf.reshape(tf.transpose(tf.matmul(weights, values), [0, 2, 1, 3]), [batch, length, d])
+    return dense(context, tf.reshape(w(f"model/att{layer}/o/kernel"), [d, d])), (k, v)
+
+
+def switch_ffn(x: tf.Tensor, w: Weights, layer: int, config: ModelConfig, nonpadding: tf.Tensor
+               ) -> tuple[tf.Tensor, tf.Tensor]:
+    """Top-1 experts plus the tanh softmlp bypass (spec §3.5), each sequence its own routing group with
+    the capacity of its real length. Returns the output and the layer's load-balancing loss."""
+    E, d = config.num_experts, config.num_hidden
+    scope = f"model/moe{layer}"
+    batch, length = tf.shape(x)[0], tf.shape(x)[1]
+    probs = tf.nn.softmax(dense(x, w(f"{scope}/switch_gating/kernel")))        # [B, T, E]
+    expert = tf.argmax(probs, -1, output_type=tf.int32)
+    gate = tf.reduce_max(probs, -1)
+    routed = tf.one_hot(expert, E) * nonpadding[..., None]                      # padding goes nowhere
+    slot = tf.reduce_sum((tf.cumsum(routed, axis=1) - 1.0) * routed, -1)         # place in its expert's queue
+    real_length = tf.cast(tf.reduce_sum(nonpadding, 1), tf.int32)
+    limit = tf.gather(_capacity_table(config, length), real_length)             # [B]
+    kept = tf.logical_and(nonpadding > 0, slot < tf.cast(limit[:, None], tf.float32))
+    part = tf.reshape(tf.where_v2(kept, expert, E), [-1])                          # E = no expert (dropped)
+    rows = tf.dynamic_partition(tf.range(batch * length), part, E + 1)
+    tokens = tf.dynamic_partition(tf.reshape(x, [-1, d]), part, E + 1)
+    w_i, w_o = w(f"{scope}/wi/kernel"), w(f"{scope}/wo/kernel")
+    outputs = [tf.matmul(tf.nn.relu(tf.matmul(tokens[e], w_i[e])), w_o[e]) for e in range(E)]
+    moe = tf.reshape(tf.dynamic_stitch(rows, outputs + [tf.zeros_like(tokens[E])]), tf.shape(x)) * gate[..., None]
+    bypass = tf.tanh(dense(x, w(f"{scope}/softmlp/kernel")))
+
+    count = tf.maximum(tf.reduce_sum(nonpadding, 1, keepdims=True), 1.0)         # [B, 1]
+    density = tf.reduce_sum(routed, 1) / count
+    density_proxy = tf.reduce_sum(probs * nonpadding[..., None], 1) / count
+    aux = config.moe_loss_coef * E ** 2 * tf.reduce_mean(density * density_proxy)
+    if config.router_z_loss_coef:
+        logits = dense(x, w(f"{scope}/switch_gating/kernel"))
+        z = tf.square(tf.reduce_logsumexp(logits, -1))
+        aux += config.router_z_loss_coef * tf.reduce_sum(z * nonpadding) / tf.maximum(tf.reduce_sum(nonpadding), 1.0)
+    return moe + bypass, aux
+
+
+def _capacity_table(config: ModelConfig, length: tf.Tensor) -> tf.Tensor:
+    """Entry n: how many tokens an expert keeps of an n-token sequence (``model.expert_capacity``)."""
+    table = [expert_capacity(n, config.num_experts, config.capacity_factor_eval, config.min_expert_capacity)
+             for n in range(config.num_contexts + 1)]
+    return tf.constant(table, tf.int32)[:length + 1]
+
+
+def ext_ffn(x: tf.Tensor, w: Weights, layer: int) -> tf.Tensor:
+    scope = f"model/mlp{layer}"
+    h = swish(dense(x, w(f"{scope}/p1/kernel")) + w(f"{scope}/p1/bias"))
+    return dense(h, w(f"{scope}/p2/kernel")) + w(f"{scope}/p2/bias")
+
+
+def spout_pasts(spout: tf.Tensor, w: Weights, config: ModelConfig) -> tf.Tensor:
+    """The spout MLP (spec §3.7): per layer a key and a value slot, [L, 2, B, H, 1, d_kv]."""
+    h = spout
+    for k in range(8):
+        h = tf.tanh(tf.matmul(h, w(f"pasts/mlp{k}/kernel")))
+    out = tf.reshape(tf.matmul(h, w("pasts/out/kernel")),
+                     [-1, config.num_layers, 2, config.num_header, 1, config.head_size])
+    return tf.transpose(out, [1, 2, 0, 3, 4, 5])
+
+
+def output_head(x: tf.Tensor, w: Weights) -> tf.Tensor:
+    """swish(x W_d + b_d) · wteᵀ + wob (spec §3.8), for x [..., d]."""
+    u = swish(dense(x, w("model/dense/kernel")) + w("model/dense_1/bias"))
+    wte = w("model/wte")
+    shape = tf.concat([tf.shape(u)[:-1], tf.shape(wte)[:1]], 0)
+    return tf.reshape(tf.matmul(tf.reshape(u, [-1, wte.shape[1]]), wte, transpose_b=True), shape) + w("model/wob")
+
+
+def forward(variables: list[tf.Variable], config: ModelConfig, tokens: tf.Tensor, prefix: tf.Tensor,
+            lengths: tf.Tensor, length: int, spout: tf.Tensor | None = None, query_index: tf.Tensor | None = None,
+            cache: CacheRead | None = None) -> dict[str, tf.Tensor]:
+    """Logits [B, T, V], ``next_logits`` [B, V] at each row's last real token (the head run on those
+    positions only), hidden states [B, L, T, d], aux_loss and the inputs' keys/values [L, B, H, T, d_kv]
+    (plus the spout's, ``spout_keys``/``spout_values``, with a spout and no cache). ``lengths`` [B]
+    counts each row's real tokens; the rest of its ``length`` positions is padding."""
+    w = Weights(variables)
+    nonpadding = tf.sequence_mask(lengths, length, tf.float32)
+    batch = tf.shape(tokens)[0]
+    if query_index is None:
+        query_index = tf.tile(tf.range(length)[None], [batch, 1])
+    offset = int(spout is not None or (cache is not None and cache.spout_slot))
+    pasts, spout_kv = [None] * config.num_layers, None
+    memory_index = query_index
+    if cache is not None:
+        n = cache.visible_slots
+        memory_index = tf.concat([cache.index[:, :n], query_index], 1)
+        pasts = [tuple(tf.transpose(var.sparse_read(tf.range(n)), [1, 2, 0, 3]) for var in pair)
+                 for pair in zip(cache.keys, cache.values)]
+    elif spout is not None:
+        memory_index = tf.concat([tf.fill([batch, 1], -1), query_index], 1)
+        spout_kv = spout_pasts(spout, w, config)
+        pasts = [(spout_kv[layer, 0], spout_kv[layer, 1]) for layer in range(config.num_layers)]
+    mask = visible(query_index, memory_index, prefix)
+    positions = query_index + offset
+
+    x = tf.gather(w("model/wte"), tokens) + tf.gather(w("model/wpe"), positions)
+    hidden, keys, values, aux_loss = [], [], [], tf.constant(0.0)
+    for layer in range(config.num_layers):
+        if layer == config.num_switch_layers:
+            x += tf.gather(w("model/ete"), positions)
+        a, (k, v) = attention(x, w, layer, config, mask, pasts[layer])
+        x += layer_norm(a, w, f"model/an{layer}", config.layer_norm_epsilon)
+        if layer < config.num_switch_layers:
+            f, aux = switch_ffn(x, w, layer, config, nonpadding)
+            aux_loss += aux
+        else:
+            f = ext_ffn(x, w, layer)
+        x += layer_norm(f, w, f"model/ln{layer}", config.layer_norm_epsilon)
+        hidden.append(x)
+        keys.append(k)
+        values.append(v)
+    last = tf.gather(x, tf.maximum(lengths - 1, 0), axis=1, batch_dims=1)
+    out = {"logits": output_head(x, w), "next_logits": output_head(last, w), "hidden": tf.stack(hidden, 1), "aux_loss": aux_loss,
+           "keys": tf.stack(keys), "values": tf.stack(values)}
+    if spout_kv is not None:
+        out.update(spout_keys=spout_kv[:, 0], spout_values=spout_kv[:, 1])
+    return out
