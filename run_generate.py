@@ -117,6 +117,7 @@ def main(args) -> None:
     width = args.beam_width if args.beam_width > 1 else min(args.batch_size, len(jobs))
     generator = generation.Generator(runtime, width, max(len(p.tokens(0, 0)) for _, p in jobs), with_spout)
     runtime.restore(model_dir.checkpoint)
+    generator.warm_up()
 
     def text_of(tokens: list[int]) -> str:
         text = encoder.decode(generation.output_ids(tokens, ids))

@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 
-def run_child(argv: list[str]) -> tuple[dict, int]:
+def run_child(argv: list[str], python: str = sys.executable, stderr=None) -> tuple[dict, int]:
     """Run ``python argv...``; return the JSON object it prints last and its peak resident bytes."""
-    proc = subprocess.Popen([sys.executable, *argv], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([python, *argv], stdout=subprocess.PIPE, stderr=stderr, text=True)
     output = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)   # this child's own peak, not the parent's
     if status:

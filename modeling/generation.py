@@ -150,6 +150,16 @@ class Generator:
     def start(self) -> None:
         self.runtime.start().run(self._init)
 
+    def warm_up(self) -> None:
+        """Run the prefill and one step once (on a zeroed cache, discarded by ``start``), so that the
+        first real tokens do not pay for TensorFlow's first run of each graph (executor and kernel setup)."""
+        self.start()
+        rows = np.zeros([self.batch_size], np.int32)
+        options = dict(sampling=Sampling(), banned=[], uniform=np.zeros(self.batch_size))
+        spouts = np.zeros([self.batch_size, self.runtime.config.num_spout], np.float32) if self.spout else None
+        self.encode([[0]] * self.batch_size, [0] * self.batch_size, spouts, ("tokens", "logprobs"), **options)
+        self.next(rows, rows + 1, rows, rows + 1, ("tokens", "logprobs"), **options)
+
     def reorder(self, parents: np.ndarray) -> None:
         """Beam search: row i continues from row ``parents[i]``'s cache."""
         self.runtime.start().run(self._reorder, {self._parents: parents})

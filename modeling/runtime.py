@@ -189,11 +189,18 @@ class Runtime:
             query_index = placeholders["query_index"]
             read = inference.CacheRead(keys=[k for k, _ in cache], values=[v for _, v in cache],
                                        index=placeholders["slot_index"], spout_slot=spout,
-                                       visible_slots=tf.reduce_max(query_index) + int(spout))
+                                       visible_slots=self._slots_read(tf.reduce_max(query_index) + int(spout),
+                                                                      cache[0][0].shape[0]))
         return inference.forward(tf.global_variables(), self.config, placeholders["tokens"], placeholders["prefix"],
                                  placeholders["lengths"], length,
                                  spout=placeholders.get("spout"), query_index=placeholders.get("query_index"),
                                  cache=read)
+
+    @staticmethod
+    def _slots_read(visible: tf.Tensor, slots: int, step: int = 128) -> tf.Tensor:
+        """``visible`` rounded up to a multiple of ``step``: the attention's shapes then change every
+        ``step`` tokens, not every token (oneDNN builds a kernel per shape; the extra slots are masked)."""
+        return tf.minimum((visible + step - 1) // step * step, slots)
 
     def _lower(self, batch_size: int, length: int, spout: bool = False, training: bool = False,
                cache: list[tuple[tf.Variable, tf.Variable]] | None = None,
