@@ -21,6 +21,7 @@ from modeling.mtf_compat import tf
 from modeling.runtime import Runtime
 
 INVISIBLE = 1 << 30   # slot index of a cache slot no query may see
+SHORTLIST = 256       # sampling sorts this many most likely tokens first (see ``sample``)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,13 +73,24 @@ def sample(logits: tf.Tensor, uniform: tf.Tensor, options: dict[str, tf.Tensor])
     is_banned = tf.scatter_nd(banned[:, None], tf.ones_like(banned, tf.bool), [vocab])
     z = tf.where_v2(is_banned, tf.fill(tf.shape(logits), -np.inf), logits / options["temperature"])
     k = tf.where_v2(options["top_k"] > 0, tf.minimum(options["top_k"], vocab), vocab)
-    top, ids = tf.math.top_k(z, k)                                                # most likely first
-    probs = tf.nn.softmax(top)
+
+    def full() -> tuple[tf.Tensor, tf.Tensor]:    # the k most likely, first to last, and their probabilities
+        top, ids = tf.math.top_k(z, k)
+        return tf.nn.softmax(top), ids
+
+    # Top-p needs the candidates sorted, and sorting all V tokens costs more than the rest of a step's
+    # sampling: the SHORTLIST most likely are sorted first, and all k only when their probability
+    # stays below top_p in some row (or when 256 < top_k < V: then it is the top-k set that is normalised).
+    top, ids = tf.math.top_k(z, tf.minimum(k, SHORTLIST))
+    probs = tf.exp(top - tf.where_v2(k > SHORTLIST, tf.reduce_logsumexp(z, -1, keepdims=True),
+                                     tf.reduce_logsumexp(top, -1, keepdims=True)))
+    enough = (k <= SHORTLIST) | ((k == vocab) & (tf.reduce_min(tf.reduce_sum(probs, -1)) >= options["top_p"]))
+    probs, ids = tf.cond(enough, lambda: (probs, ids), full)
     before = tf.cumsum(probs, axis=-1, exclusive=True)                            # mass of the more likely
     probs = tf.where_v2((before >= options["top_p"]) & (options["top_p"] < 1.0), tf.zeros_like(probs), probs)
     cdf = tf.cumsum(probs, axis=-1)
     below = tf.reduce_sum(tf.cast(cdf <= uniform[:, None] * cdf[:, -1:], tf.int32), -1)
-    choice = tf.minimum(below, k - 1)
+    choice = tf.minimum(below, tf.shape(probs)[1] - 1)
     tokens = tf.gather(ids, choice, axis=1, batch_dims=1)
     logprobs = tf.gather(tf.nn.log_softmax(logits), tokens, axis=1, batch_dims=1)
     return tokens, logprobs

@@ -102,12 +102,8 @@ def switch_ffn(x: tf.Tensor, w: Weights, layer: int, config: ModelConfig, nonpad
     real_length = tf.cast(tf.reduce_sum(nonpadding, 1), tf.int32)
     limit = tf.gather(_capacity_table(config, length), real_length)             # [B]
     kept = tf.logical_and(nonpadding > 0, slot < tf.cast(limit[:, None], tf.float32))
-    part = tf.reshape(tf.where_v2(kept, expert, E), [-1])                          # E = no expert (dropped)
-    rows = tf.dynamic_partition(tf.range(batch * length), part, E + 1)
-    tokens = tf.dynamic_partition(x, part, E + 1)
-    w_i, w_o = w(f"{scope}/wi/kernel"), w(f"{scope}/wo/kernel")
-    outputs = [tf.matmul(tf.nn.relu(tf.matmul(tokens[e], w_i[e])), w_o[e]) for e in range(E)]
-    moe = tf.dynamic_stitch(rows, outputs + [tf.zeros_like(tokens[E])]) * tf.reshape(gate, [-1, 1])
+    moe = experts(x, tf.where_v2(tf.reshape(kept, [-1]), tf.reshape(expert, [-1]), E), w, scope, E)
+    moe *= tf.reshape(gate * tf.cast(kept, tf.float32), [-1, 1])              # dropped tokens: no expert output
     bypass = tf.tanh(tf.matmul(x, w(f"{scope}/softmlp/kernel")))
 
     count = tf.maximum(tf.reduce_sum(nonpadding, 1, keepdims=True), 1.0)         # [B, 1]
@@ -118,6 +114,26 @@ def switch_ffn(x: tf.Tensor, w: Weights, layer: int, config: ModelConfig, nonpad
         z = tf.reshape(tf.square(tf.reduce_logsumexp(router_logits, -1)), [batch, length])
         aux += config.router_z_loss_coef * tf.reduce_sum(z * nonpadding) / tf.maximum(tf.reduce_sum(nonpadding), 1.0)
     return moe + bypass, aux
+
+
+def experts(x: tf.Tensor, part: tf.Tensor, w: Weights, scope: str, num_experts: int) -> tf.Tensor:
+    """ReLU(x W_i^e) W_o^e for each token's expert ``part`` (``num_experts``: none; its rows are
+    computed with the last expert and must be zeroed by the caller).
+
+    The experts used are numbered in order of appearance and the tokens partitioned by that number
+    into min(N, E + 1) groups, so a graph for N tokens holds min(N, E + 1) expert multiplications: one
+    for a one-token step. A group's kernels are dim-0 slices of ``wi``/``wo`` (no copy); an empty
+    group multiplies an empty matrix (no work)."""
+    used, group = tf.unique(part)
+    groups = min(x.shape[0], num_experts + 1) if x.shape[0] is not None else num_experts + 1
+    rows = tf.dynamic_partition(tf.range(tf.shape(x)[0]), group, groups)
+    tokens = tf.dynamic_partition(x, group, groups)
+    w_i, w_o = w(f"{scope}/wi/kernel"), w(f"{scope}/wo/kernel")
+    outputs = []
+    for g in range(groups):
+        e = tf.minimum(used[tf.minimum(g, tf.size(used) - 1)], num_experts - 1)
+        outputs.append(tf.matmul(tf.nn.relu(tf.matmul(tokens[g], w_i[e])), w_o[e]))
+    return tf.dynamic_stitch(rows, outputs)
 
 
 def _capacity_table(config: ModelConfig, length: tf.Tensor) -> tf.Tensor:

@@ -118,6 +118,24 @@ def test_sampler_filters_temperature_top_k_and_top_p():
     close(sampled_distribution(logits, top_k=3, temperature=0.5), np.r_[squared[:3] / squared[:3].sum(), 0])
 
 
+@pytest.mark.parametrize("spread", [0.1, 6.0], ids=["flat_nucleus_beyond_shortlist", "peaked_nucleus_in_shortlist"])
+def test_sampler_top_p_over_a_large_vocabulary(spread):
+    """600 tokens: a flat distribution whose 0.9 nucleus holds more than the sampler's shortlist of
+    G.SHORTLIST sorted tokens (the full sort must run), and a peaked one whose nucleus is inside it."""
+    logits = np.random.RandomState(3).randn(600) * spread
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    order = np.argsort(-p, kind="stable")
+    before = np.cumsum(p[order]) - p[order]
+    expected = np.zeros_like(p)
+    expected[order[before < 0.9]] = p[order[before < 0.9]]
+    expected /= expected.sum()
+    assert (np.count_nonzero(expected) > G.SHORTLIST) == (spread < 1)
+    grid = 10000
+    np.testing.assert_allclose(sampled_distribution(logits, grid=grid, top_k=0, top_p=0.9), expected,
+                               atol=2.0 / grid)
+
+
 def test_beam_search_finds_the_best_sequence_of_an_exhaustive_search(tmp_path):
     vocab = 12
     params = dict(TINY, num_vocabulary=vocab, num_contexts=16, num_spout=0)
