@@ -231,3 +231,22 @@ def test_context_file_lines_and_jsonl(model, tmp_path):
     records = [json.loads(line) for line in open(out, encoding="utf-8")]
     assert [(r["context"], r["prefix"]) for r in records] == [("今日は", ""), ("明日は", "天気")]
     assert all(len(r["tokens"]) == 3 or r["finish_reason"] == "end_of_text" for r in records)
+
+
+def test_multi_device_generation_equals_one_device(model):
+    """The mesh path (heads and experts split over 'model', the cache read whole) gives the tokens
+    and log-probabilities of the single-device path."""
+    md = open_model_dir(model)
+    prompts = prompts_for(np.random.RandomState(4), spout=True)
+    length = max(len(p.tokens(0, 0)) for p in prompts)
+    results = []
+    for mesh in ("", "batch:1;model:2"):
+        runtime = Runtime(md.config, make_mesh(mesh))
+        generator = G.Generator(runtime, 3, length, True)
+        runtime.restore(md.checkpoint)
+        results.append(G.generate(generator, prompts, G.Sampling(top_k=1, max_generate=6), IDS,
+                                  np.random.default_rng(0)))
+        runtime.close()
+    for one, split in zip(*results):
+        assert one.tokens == split.tokens
+        np.testing.assert_allclose(one.logprobs, split.logprobs, rtol=1e-5, atol=1e-5)

@@ -81,12 +81,12 @@ class Model:
     """One model directory, its weights, and a Runtime restored from it."""
 
     def __init__(self, path: str, params: dict, weights: dict, mesh: str = "", batch: int = B,
-                 training: bool = False):
+                 training: bool = False, direct: bool = True):
         self.path, self.params, self.weights = path, params, weights
         if not os.path.exists(os.path.join(path, "parameters.json")):
             write_model_dir(path, params, weights)
         model_dir = open_model_dir(path)
-        self.runtime = Runtime(model_dir.config, make_mesh(mesh))
+        self.runtime = Runtime(model_dir.config, make_mesh(mesh), direct=direct)
         self.forwards = {spout: self.runtime.forward(batch, T, spout=spout, training=training)
                          for spout in (False, True)}
         self.runtime.restore(model_dir.checkpoint)
@@ -126,6 +126,20 @@ def test_matches_reference(models, ext, spout, prefix):
     ref = model.reference(tokens, PREFIXES[prefix], LENGTHS, s)
     assert not ref["dropped"].any()           # the capacity really is large enough
     assert_matches_reference(out, ref, LENGTHS)
+
+
+@pytest.mark.parametrize("spout", [False, True], ids=["no_spout", "spout"])
+def test_mesh_inference_path_on_one_device_matches_reference(models, spout):
+    """``direct=False`` lowers inference through Mesh TensorFlow on one device too (the path every
+    multi-device layout takes); the default single-device path is ``modeling/inference.py``."""
+    one = models[2]
+    model = Model(one.path, one.params, one.weights, direct=False)
+    try:
+        tokens, s = inputs(seed=40 + spout, spout=spout)
+        out = model.run(tokens, PREFIXES["partial"], LENGTHS, s)
+        assert_matches_reference(out, model.reference(tokens, PREFIXES["partial"], LENGTHS, s), LENGTHS)
+    finally:
+        model.runtime.close()
 
 
 @pytest.mark.parametrize("ext", [0, 2], ids=["ext0", "ext2"])
