@@ -21,7 +21,6 @@ from modeling.mtf_compat import tf
 from modeling.runtime import Runtime
 
 INVISIBLE = 1 << 30   # slot index of a cache slot no query may see
-SHORTLIST = 256       # sampling sorts this many most likely tokens first (see ``sample``)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,37 +62,52 @@ class Sequence:
 def sample(logits: tf.Tensor, uniform: tf.Tensor, options: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
     """Next tokens [B] drawn in the graph from logits [B, V], and their log-probabilities under the model.
 
-    The ``banned`` token ids are removed, then temperature, then the ``top_k`` most likely tokens are kept (0:
-    all), then top-p keeps the smallest set of most likely tokens whose probability reaches ``top_p``,
-    including the token that crosses the threshold. The token is the inverse CDF of the kept
-    probabilities at ``uniform`` [B] (drawn by the caller's seeded generator). ``top_k`` 1 is greedy.
+    The ``banned`` token ids are removed, then temperature, then the ``top_k`` most likely tokens are
+    kept (0: all), then top-p keeps the smallest set of most likely tokens whose probability reaches
+    ``top_p``, including the token that crosses the threshold (``nucleus``). The token is the inverse
+    CDF of the kept probabilities at ``uniform`` [B] (drawn by the caller's seeded generator).
+    ``top_k`` 1 is greedy. Nothing sorts the whole vocabulary.
     """
     vocab = logits.shape[-1]
     banned = options["banned"]
     is_banned = tf.scatter_nd(banned[:, None], tf.ones_like(banned, tf.bool), [vocab])
     z = tf.where_v2(is_banned, tf.fill(tf.shape(logits), -np.inf), logits / options["temperature"])
-    k = tf.where_v2(options["top_k"] > 0, tf.minimum(options["top_k"], vocab), vocab)
-
-    def full() -> tuple[tf.Tensor, tf.Tensor]:    # the k most likely, first to last, and their probabilities
-        top, ids = tf.math.top_k(z, k)
-        return tf.nn.softmax(top), ids
-
-    # Top-p needs the candidates sorted, and sorting all V tokens costs more than the rest of a step's
-    # sampling: the SHORTLIST most likely are sorted first, and all k only when their probability
-    # stays below top_p in some row (or when 256 < top_k < V: then it is the top-k set that is normalised).
-    top, ids = tf.math.top_k(z, tf.minimum(k, SHORTLIST))
-    probs = tf.exp(top - tf.where_v2(k > SHORTLIST, tf.reduce_logsumexp(z, -1, keepdims=True),
-                                     tf.reduce_logsumexp(top, -1, keepdims=True)))
-    enough = (k <= SHORTLIST) | ((k == vocab) & (tf.reduce_min(tf.reduce_sum(probs, -1)) >= options["top_p"]))
-    probs, ids = tf.cond(enough, lambda: (probs, ids), full)
-    before = tf.cumsum(probs, axis=-1, exclusive=True)                            # mass of the more likely
-    probs = tf.where_v2((before >= options["top_p"]) & (options["top_p"] < 1.0), tf.zeros_like(probs), probs)
+    k = options["top_k"]
+    everything = (z, tf.broadcast_to(tf.range(vocab), tf.shape(z)))
+    values, ids = tf.cond((k > 0) & (k < vocab), lambda: tuple(tf.math.top_k(z, k)), lambda: everything)
+    probs = tf.nn.softmax(values)
+    probs = tf.where_v2(nucleus(probs, options["top_p"]), probs, 0.0)
     cdf = tf.cumsum(probs, axis=-1)
     below = tf.reduce_sum(tf.cast(cdf <= uniform[:, None] * cdf[:, -1:], tf.int32), -1)
-    choice = tf.minimum(below, tf.shape(probs)[1] - 1)
-    tokens = tf.gather(ids, choice, axis=1, batch_dims=1)
+    tokens = tf.gather(ids, tf.minimum(below, tf.shape(probs)[1] - 1), axis=1, batch_dims=1)
     logprobs = tf.gather(tf.nn.log_softmax(logits), tokens, axis=1, batch_dims=1)
     return tokens, logprobs
+
+
+def nucleus(probs: tf.Tensor, top_p: tf.Tensor, bins: int = 1024, span: float = 40.0) -> tf.Tensor:
+    """[B, K] bool: the top-p set of each row of ``probs`` (any order), without sorting the row.
+
+    Tokens are binned by log-probability below the row's most likely one (``span`` nats over
+    ``bins`` bins; the last bin takes the rest, e^-40 of the maximum, which no top_p < 1 reaches).
+    The cumulative mass over bins finds the bin where top_p is crossed; only that bin's tokens are
+    sorted, to find the crossing token, and every token at least that likely is kept."""
+    batch, width = tf.shape(probs)[0], tf.shape(probs)[1]
+    log_p = tf.math.log(probs)
+    bin_of = tf.cast(tf.clip_by_value((tf.reduce_max(log_p, -1, keepdims=True) - log_p) * (bins / span),
+                                      0, bins - 1), tf.int32)                              # 0: most likely
+    rows = tf.range(batch)[:, None] * bins
+    mass = tf.reshape(tf.math.unsorted_segment_sum(probs, bin_of + rows, batch * bins), [batch, bins])
+    above = tf.cumsum(mass, axis=-1, exclusive=True)
+    crossing = tf.reduce_sum(tf.cast(above + mass < top_p, tf.int32), -1, keepdims=True)   # [B, 1]
+    crossing = tf.minimum(crossing, bins - 1)
+    in_bin = tf.equal(bin_of, crossing)
+    size = tf.reduce_max(tf.reduce_sum(tf.cast(in_bin, tf.int32), -1))
+    ranked = tf.math.top_k(tf.where_v2(in_bin, probs, -1.0), tf.minimum(tf.maximum(size, 1), width))[0]
+    ranked = tf.maximum(ranked, 0.0)                                               # the bin, most likely first
+    before = tf.gather(above, crossing, batch_dims=1) + tf.cumsum(ranked, axis=-1, exclusive=True)
+    last = tf.maximum(tf.reduce_sum(tf.cast((before < top_p) & (ranked > 0), tf.int32), -1, keepdims=True), 1)
+    threshold = tf.gather(ranked, last - 1, batch_dims=1)                          # the crossing token's probability
+    return tf.logical_or(top_p >= 1.0, probs >= threshold) & (probs > 0)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -86,17 +86,21 @@ def test_cached_greedy_equals_full_window_greedy_and_batching_changes_nothing(mo
 
 def sampled_distribution(logits, banned=(), grid: int = 4000, **sampling) -> np.ndarray:
     """The probability of each token under the in-graph sampler: the share of ``grid`` evenly spaced
-    uniform draws that pick it (exact up to 1/grid, since the sampler is an inverse CDF)."""
+    uniform draws that pick it (exact up to 1/grid, since the sampler is an inverse CDF). ``logits``
+    [V] or [R, V]: R different rows sampled in one batch (then one distribution per row)."""
     s = G.Sampling(**sampling)
+    logits = np.atleast_2d(np.asarray(logits, np.float32))
+    rows, vocab = logits.shape
     with tf.Graph().as_default(), tf.Session() as session:
-        uniform = (np.arange(grid) + 0.5) / grid
+        uniform = np.tile((np.arange(grid) + 0.5) / grid, rows)
         options = {"temperature": tf.constant(s.temperature, tf.float32), "top_k": tf.constant(s.top_k),
                    "top_p": tf.constant(s.top_p, tf.float32), "banned": tf.constant(list(banned), tf.int32)}
-        rows = np.tile(np.asarray(logits, np.float32), (grid, 1))
-        tokens, logprobs = session.run(G.sample(tf.constant(rows), tf.constant(uniform, tf.float32), options))
-    np.testing.assert_allclose(logprobs, np.log(np.exp(rows) / np.exp(rows).sum(1, keepdims=True))[
-        np.arange(grid), tokens], rtol=1e-5)   # the model's own log-probability, whatever the filters
-    return np.bincount(tokens, minlength=len(logits)) / grid
+        batch = np.repeat(logits, grid, axis=0)
+        tokens, logprobs = session.run(G.sample(tf.constant(batch), tf.constant(uniform, tf.float32), options))
+    np.testing.assert_allclose(logprobs, np.log(np.exp(batch) / np.exp(batch).sum(1, keepdims=True))[
+        np.arange(len(batch)), tokens], rtol=1e-5)   # the model's own log-probability, whatever the filters
+    counts = [np.bincount(row, minlength=vocab) / grid for row in tokens.reshape(rows, grid)]
+    return counts[0] if rows == 1 else np.array(counts)
 
 
 def test_sampler_filters_temperature_top_k_and_top_p():
@@ -118,19 +122,22 @@ def test_sampler_filters_temperature_top_k_and_top_p():
     close(sampled_distribution(logits, top_k=3, temperature=0.5), np.r_[squared[:3] / squared[:3].sum(), 0])
 
 
-@pytest.mark.parametrize("spread", [0.1, 6.0], ids=["flat_nucleus_beyond_shortlist", "peaked_nucleus_in_shortlist"])
-def test_sampler_top_p_over_a_large_vocabulary(spread):
-    """600 tokens: a flat distribution whose 0.9 nucleus holds more than the sampler's shortlist of
-    G.SHORTLIST sorted tokens (the full sort must run), and a peaked one whose nucleus is inside it."""
-    logits = np.random.RandomState(3).randn(600) * spread
-    p = np.exp(logits - logits.max())
-    p /= p.sum()
-    order = np.argsort(-p, kind="stable")
-    before = np.cumsum(p[order]) - p[order]
-    expected = np.zeros_like(p)
-    expected[order[before < 0.9]] = p[order[before < 0.9]]
-    expected /= expected.sum()
-    assert (np.count_nonzero(expected) > G.SHORTLIST) == (spread < 1)
+def test_sampler_top_p_over_a_large_vocabulary():
+    """600 tokens in one batch: a flat row (the 0.9 nucleus holds most tokens, many per
+    log-probability bin) and a peaked row (a few tokens spread over many bins): the nucleus found by
+    bins equals the one found by sorting, row by row."""
+    rng = np.random.RandomState(3)
+    logits = np.stack([rng.randn(600) * 0.1, rng.randn(600) * 6.0])
+    expected = []
+    for row in logits:
+        p = np.exp(row - row.max())
+        p /= p.sum()
+        order = np.argsort(-p, kind="stable")
+        inside = order[np.cumsum(p[order]) - p[order] < 0.9]
+        kept = np.zeros_like(p)
+        kept[inside] = p[inside] / p[inside].sum()
+        expected.append(kept)
+    assert np.count_nonzero(expected[0]) > 300 and np.count_nonzero(expected[1]) < 30
     grid = 10000
     np.testing.assert_allclose(sampled_distribution(logits, grid=grid, top_k=0, top_p=0.9), expected,
                                atol=2.0 / grid)
