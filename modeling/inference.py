@@ -102,6 +102,7 @@ def switch_ffn(x: tf.Tensor, w: Weights, layer: int, config: ModelConfig, nonpad
     real_length = tf.cast(tf.reduce_sum(nonpadding, 1), tf.int32)
     limit = tf.gather(_capacity_table(config, length), real_length)             # [B]
     kept = tf.logical_and(nonpadding > 0, slot < tf.cast(limit[:, None], tf.float32))
+    x = tf.ensure_shape(x, [nonpadding.shape[0] * nonpadding.shape[1], x.shape[1]])   # static token count
     moe = experts(x, tf.where_v2(tf.reshape(kept, [-1]), tf.reshape(expert, [-1]), E), w, scope, E)
     moe *= tf.reshape(gate * tf.cast(kept, tf.float32), [-1, 1])              # dropped tokens: no expert output
     bypass = tf.tanh(tf.matmul(x, w(f"{scope}/softmlp/kernel")))
@@ -125,7 +126,7 @@ def experts(x: tf.Tensor, part: tf.Tensor, w: Weights, scope: str, num_experts: 
     for a one-token step. A group's kernels are dim-0 slices of ``wi``/``wo`` (no copy); an empty
     group multiplies an empty matrix (no work)."""
     used, group = tf.unique(part)
-    groups = min(x.shape[0], num_experts + 1) if x.shape[0] is not None else num_experts + 1
+    groups = min(x.shape[0], num_experts + 1)
     rows = tf.dynamic_partition(tf.range(tf.shape(x)[0]), group, groups)
     tokens = tf.dynamic_partition(x, group, groups)
     w_i, w_o = w(f"{scope}/wi/kernel"), w(f"{scope}/wo/kernel")
