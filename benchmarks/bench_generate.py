@@ -119,16 +119,9 @@ def ours_forward(directory: str, lengths: list[int]) -> dict:
 # ---------------------------------------------------------------------------------------------------
 
 
-def port_config(p: dict) -> dict:
-    d = p["num_hidden"]
-    return {"vocab_size": p["num_vocabulary"], "max_position_embeddings": p["num_contexts"], "d_model": d,
-            "d_ff": 8 * d, "d_ext": 4 * d, "d_spout": p["num_spout"], "num_switch_layers": p["num_switch_layers"],
-            "num_ext_layers": p["num_ext_layers"], "num_heads": p["num_header"], "num_experts": p["num_experts"]}
-
-
 def run_port(python: str, params: dict, weights: str | None, batch: int, tokens: int, sample: bool = False,
              forward_lengths: str = "") -> tuple[dict, int]:
-    argv = [os.path.join(HERE, "port.py"), "--config", json.dumps(port_config(params)),
+    argv = [os.path.join(HERE, "port.py"), "--params", json.dumps(params),
             "--prompt", json.dumps(prompts(batch, params["num_vocabulary"])), "--tokens", str(tokens),
             "--forward_lengths", forward_lengths]
     if weights:

@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from encode_swe import DEFAULT_EMOJI, DEFAULT_VOCABULARY, SWEEncoder, TokenizerError
-from modeling import checkpoint
+from modeling import checkpoint, hub
 from modeling import inference
 from modeling import model as network
 from modeling.cli import UserError
@@ -44,10 +44,15 @@ def latest_checkpoint(directory: str) -> str | None:
 
 
 def open_model_dir(path: str) -> ModelDir:
-    """Read and check a model directory; every problem is a one-line UserError."""
+    """Read and check a model directory (ours, the original's, or the Hugging Face hub layout); every
+    problem is a one-line UserError. For a hub directory ``checkpoint`` is the directory itself."""
     if not tf.io.gfile.isdir(path):
         raise UserError(f"model directory {path} not found: pass --model DIR (a directory with "
-                        f"parameters.json and a checkpoint)")
+                        f"parameters.json and a checkpoint, or config.json and model.safetensors)")
+    if hub.is_hub_dir(path):
+        parameters = hub.read_config(path)
+        hub.HubWeights(path, parameters.model)   # checked now: a bad download fails before any work
+        return ModelDir(path, parameters, path)
     parameters = read_parameters(os.path.join(path, PARAMETERS_FILE))
     prefix = latest_checkpoint(path)
     if prefix is None or not tf.io.gfile.exists(prefix + ".index"):
@@ -57,14 +62,15 @@ def open_model_dir(path: str) -> ModelDir:
 
 
 def tokenizer_files(directory: str, vocabulary: str | None, emoji: str | None) -> tuple[str, str]:
-    """Explicit files, else the directory's own copies, else the project's."""
-    def pick(explicit: str | None, name: str, default: os.PathLike) -> str:
+    """Explicit files, else the directory's own copies (``vocab.txt`` in the hub layout), else the project's."""
+    def pick(explicit: str | None, names: tuple[str, ...], default: os.PathLike) -> str:
         if explicit:
             return explicit
-        own = os.path.join(directory, name)
-        return own if tf.io.gfile.exists(own) else str(default)
+        own = [os.path.join(directory, name) for name in names if tf.io.gfile.exists(os.path.join(directory, name))]
+        return own[0] if own else str(default)
 
-    return pick(vocabulary, VOCABULARY_FILE, DEFAULT_VOCABULARY), pick(emoji, EMOJI_FILE, DEFAULT_EMOJI)
+    return (pick(vocabulary, (VOCABULARY_FILE, hub.VOCAB_FILE), DEFAULT_VOCABULARY),
+            pick(emoji, (EMOJI_FILE,), DEFAULT_EMOJI))
 
 
 def _checked_tokenizer(vocabulary: str, emoji: str, config: ModelConfig) -> SWEEncoder:
@@ -271,12 +277,30 @@ class Runtime:
         return self.session
 
     def restore(self, checkpoint_path: str) -> None:
-        """Load every variable from ``checkpoint_path`` (original names) and lay it out over the mesh."""
-        check_checkpoint(checkpoint_path, self.variable_shapes())
+        """Load every variable from ``checkpoint_path`` (original names; or a hub directory, see
+        ``modeling/hub.py``) and lay it out over the mesh."""
         with self.graph.as_default():
-            saver = tf.train.Saver(tf.global_variables())
             copies = [lowering.copy_masters_to_slices() for lowering in self._lowerings]
+            if hub.is_hub_dir(checkpoint_path):
+                self._load_hub(checkpoint_path)
+                self.start().run(copies)
+                return
+            check_checkpoint(checkpoint_path, self.variable_shapes())
+            saver = tf.train.Saver(tf.global_variables())
             checkpoint.restore(self.start(), saver, checkpoint_path, copies)
+
+    def _load_hub(self, directory: str) -> None:
+        """Each variable from the hub layout, converted to float32 one at a time (peak: the model plus
+        one layer's tensor), fed through the variable's initializer."""
+        session = self.start()
+        variables = {v.op.name: v for v in tf.global_variables()}
+        weights = hub.HubWeights(directory, self.config)
+        for name, value in weights.variables(sorted(variables)):
+            variable = variables[name]
+            if list(value.shape) != variable.shape.as_list():
+                raise UserError(f"{directory}: {name} comes out as {list(value.shape)}, the model needs "
+                                f"{variable.shape.as_list()}")
+            session.run(variable.initializer, {variable.initializer.inputs[1]: value})
 
     def initialize(self) -> None:
         """Random weights from the original's initialisers (tests, benchmarks, new models)."""
