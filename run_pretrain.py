@@ -4,7 +4,8 @@ SIGTERM) on one CPU/GPU, several GPUs or a TPU slice.
 
 First run: --parameter_file (original schema) is copied into --model_dir with the vocabulary and
 emoji table. Every later run of the same command resumes weights, optimizer slots, step and input
-position. --export DIR writes a release copy (no optimizer slots) and exits."""
+position. --export DIR writes a release copy (no optimizer slots), in the original layout or the
+Hugging Face hub layout (--export_format hf), and exits."""
 
 from __future__ import annotations
 
@@ -21,6 +22,11 @@ def build_parser():
     p.add_argument("--model_dir", required=True, help="model directory (local or gs://); rerun to resume")
     p.add_argument("--export", default=None, metavar="DIR",
                    help="write a release copy of --model_dir's latest checkpoint (no optimizer slots) and exit")
+    p.add_argument("--export_format", choices=("original", "hf"), default="original",
+                   help="with --export: 'original' (TF checkpoint + parameters.json, as the original release) or "
+                        "'hf' (the Hugging Face hub layout: config.json, model.safetensors, vocab.txt, emoji.json)")
+    p.add_argument("--export_dtype", choices=("float32", "float16"), default="float32",
+                   help="with --export_format hf: the weights' dtype (the hub's GPTSAN-2.8B is float16)")
     p.add_argument("--overwrite", action="store_true", help="with --export: replace an existing DIR")
     cli.add_training_flags(p, default_learning_rate=1e-4)
     cli.add_tokenizer_flags(p)
@@ -54,7 +60,7 @@ def model_parameters(args):
 
 
 def export(args) -> None:
-    from modeling import checkpoint, runtime  # noqa: PLC0415
+    from modeling import checkpoint, hub, runtime  # noqa: PLC0415
     from modeling.loop import checkpoint_step  # noqa: PLC0415
     from modeling.mtf_compat import tf  # noqa: PLC0415
 
@@ -66,10 +72,16 @@ def export(args) -> None:
         tf.io.gfile.rmtree(staging)
     tf.io.gfile.makedirs(staging)
     step = checkpoint_step(args.model_dir)
-    checkpoint.export_release(source.checkpoint, staging, step)
-    for name in (runtime.PARAMETERS_FILE, runtime.VOCABULARY_FILE, runtime.EMOJI_FILE):
-        if tf.io.gfile.exists(os.path.join(args.model_dir, name)):
-            tf.io.gfile.copy(os.path.join(args.model_dir, name), os.path.join(staging, name), overwrite=True)
+    vocabulary, emoji = runtime.tokenizer_files(args.model_dir, args.vocabulary, args.emoji)
+    if args.export_format == "hf":
+        hub.export(runtime.checkpoint_reader(source.checkpoint), source.config, staging, args.export_dtype)
+        files = {vocabulary: hub.VOCAB_FILE, emoji: runtime.EMOJI_FILE}
+    else:
+        checkpoint.export_release(source.checkpoint, staging, step)
+        files = {os.path.join(args.model_dir, runtime.PARAMETERS_FILE): runtime.PARAMETERS_FILE,
+                 vocabulary: runtime.VOCABULARY_FILE, emoji: runtime.EMOJI_FILE}
+    for path, name in files.items():
+        tf.io.gfile.copy(path, os.path.join(staging, name), overwrite=True)
     if tf.io.gfile.exists(args.export):
         tf.io.gfile.rmtree(args.export)
     tf.io.gfile.rename(staging, args.export)

@@ -112,7 +112,7 @@ def prepare(base: runtime.ModelDir, output: str, add_layers: int, vocabulary: st
 
     config = base.config.replace(num_ext_layers=base.config.num_ext_layers + add_layers,
                                  input_punctuation="separator")   # trained on our records from now on
-    reader = tf.train.load_checkpoint(base.checkpoint)
+    reader = runtime.checkpoint_reader(base.checkpoint)   # a TF checkpoint or a hub directory
     base_names = sorted(n for n in reader.get_variable_to_shape_map() if checkpoint.is_model_variable(n))
     rng = np.random.default_rng(seed)
     new_shapes = created_variables(base.config, config, reader, base.path)

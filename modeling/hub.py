@@ -11,9 +11,10 @@ the fused qkv kernel, experts stacked), so loading holds the model once plus one
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 
@@ -62,64 +63,102 @@ def read_config(path: str) -> Parameters:
 # Names: each original variable from the port's tensors (spec §17.4).
 # ---------------------------------------------------------------------------------------------------
 
-Recipe = tuple[list[str], Callable[[Callable[[str], np.ndarray], list[str]], np.ndarray]]
+Build = Callable[[Callable[[str], np.ndarray], list[str]], np.ndarray]
 
 
-def recipes(config: ModelConfig) -> dict[str, Recipe]:
-    """Original name -> (the port's tensor names, how to build ours from them)."""
-    d, h = config.num_hidden, config.num_header
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """How one original variable is made from the port's tensors."""
 
-    def same(get, names):
-        return get(names[0])
-
-    def transposed(get, names):
-        return get(names[0]).T
-
-    out: dict[str, Recipe] = {
-        "model/wte": (["model.embed_tokens.weight"], same),
-        "model/wpe": (["model.position_embeddings.weight"], same),
-        "model/wob": (["final_logits_bias"], lambda get, names: get(names[0]).reshape(-1)),
-        "model/dense/kernel": (["model.last_project.weight"], transposed),
-        "model/dense_1/bias": (["model.last_project.bias"], same),
-    }
-    if config.num_ext_layers:
-        out["model/ete"] = (["model.extra_position_embeddings.weight"], same)
-    for layer in range(config.num_layers):
-        block = f"model.blocks.{layer}"
-        attn = f"{block}.self_attn.self_attn"
-        out[f"model/att{layer}/qkv/kernel"] = (
-            [f"{attn}.{n}_proj.weight" for n in "qkv"],
-            lambda get, names: np.stack([get(n).T for n in names], axis=1).reshape(d, 3, h, d // h))
-        out[f"model/att{layer}/o/kernel"] = ([f"{attn}.out_proj.weight"],
-                                             lambda get, names: get(names[0]).T.reshape(h, d // h, d))
-        for ours, theirs in (("an", "self_attn.norm"), ("ln", "feed_forward.norm")):
-            out[f"model/{ours}{layer}/g"] = ([f"{block}.{theirs}.weight"], same)
-            out[f"model/{ours}{layer}/b"] = ([f"{block}.{theirs}.bias"], same)
-        ff = f"{block}.feed_forward"
-        if layer < config.num_switch_layers:
-            experts = [f"{ff}.mlp.experts.expert_{e}" for e in range(config.num_experts)]
-            out[f"model/moe{layer}/switch_gating/kernel"] = ([f"{ff}.mlp.router.classifier.weight"], transposed)
-            out[f"model/moe{layer}/softmlp/kernel"] = ([f"{ff}.soft_bypass_mlp.weight"], transposed)
-            out[f"model/moe{layer}/wi/kernel"] = ([f"{e}.wi.weight" for e in experts], _stacked_transposes)
-            out[f"model/moe{layer}/wo/kernel"] = ([f"{e}.wo.weight" for e in experts], _stacked_transposes)
-        else:
-            for ours, theirs in (("p1", "wi"), ("p2", "wo")):
-                out[f"model/mlp{layer}/{ours}/kernel"] = ([f"{ff}.mlp.{theirs}.weight"], transposed)
-                out[f"model/mlp{layer}/{ours}/bias"] = ([f"{ff}.mlp.{theirs}.bias"], same)
-    if config.num_spout:
-        for k in range(8):
-            out[f"pasts/mlp{k}/kernel"] = ([f"model.spout.{2 * k}.weight"], transposed)
-        out["pasts/out/kernel"] = (["model.spout.16.weight"], transposed)
-    return out
+    sources: list[str]            # the port's tensor names
+    build: Build                  # (read a port tensor as float32, sources) -> our value
+    shape: tuple[int, ...]        # our shape
+    split: Callable[[np.ndarray], list[np.ndarray]]   # our value -> the port's tensors (export)
 
 
-def _stacked_transposes(get: Callable[[str], np.ndarray], names: list[str]) -> np.ndarray:
+def _same(get, names):
+    return get(names[0])
+
+
+def _transposed(get, names):
+    return get(names[0]).T
+
+
+def _one(x):
+    return [x]
+
+
+def _one_transposed(x):
+    return [x.T]
+
+
+def _each_transposed(x):
+    return [e.T for e in x]
+
+
+def _stacked_transposes(get, names):
     """[E, in, out] float32 from E [out, in] tensors, read and filled one expert at a time."""
     first = get(names[0])
     out = np.empty((len(names),) + first.T.shape, np.float32)
     out[0] = first.T
     for e, name in enumerate(names[1:], 1):
         out[e] = get(name).T
+    return out
+
+
+def recipes(config: ModelConfig) -> dict[str, Recipe]:
+    """Original name -> its recipe (spec §17.4)."""
+    d, h, v, c, e = config.num_hidden, config.num_header, config.num_vocabulary, config.num_contexts, config.num_experts
+    f, f_ext, s = config.expert_size, config.ext_size, config.num_spout
+
+    def qkv(get, names):
+        return np.stack([get(n).T for n in names], axis=1).reshape(d, 3, h, d // h)
+
+    def out_proj(get, names):
+        return get(names[0]).T.reshape(h, d // h, d)
+
+    out = {
+        "model/wte": Recipe(["model.embed_tokens.weight"], _same, (v, d), _one),
+        "model/wpe": Recipe(["model.position_embeddings.weight"], _same, (c, d), _one),
+        "model/wob": Recipe(["final_logits_bias"], lambda get, names: get(names[0]).reshape(-1), (v,),
+                            lambda x: [x[None]]),
+        "model/dense/kernel": Recipe(["model.last_project.weight"], _transposed, (d, d), _one_transposed),
+        "model/dense_1/bias": Recipe(["model.last_project.bias"], _same, (d,), _one),
+    }
+    if config.num_ext_layers:
+        out["model/ete"] = Recipe(["model.extra_position_embeddings.weight"], _same, (c, d), _one)
+    for layer in range(config.num_layers):
+        block = f"model.blocks.{layer}"
+        attn = f"{block}.self_attn.self_attn"
+        out[f"model/att{layer}/qkv/kernel"] = Recipe([f"{attn}.{n}_proj.weight" for n in "qkv"], qkv, (d, 3, h, d // h),
+                                                      lambda x: [x[:, i].reshape(d, d).T for i in range(3)])
+        out[f"model/att{layer}/o/kernel"] = Recipe([f"{attn}.out_proj.weight"], out_proj, (h, d // h, d),
+                                                    lambda x: [x.reshape(d, d).T])
+        for ours, theirs in (("an", "self_attn.norm"), ("ln", "feed_forward.norm")):
+            out[f"model/{ours}{layer}/g"] = Recipe([f"{block}.{theirs}.weight"], _same, (d,), _one)
+            out[f"model/{ours}{layer}/b"] = Recipe([f"{block}.{theirs}.bias"], _same, (d,), _one)
+        ff = f"{block}.feed_forward"
+        if layer < config.num_switch_layers:
+            experts = [f"{ff}.mlp.experts.expert_{k}" for k in range(e)]
+            moe = f"model/moe{layer}"
+            out[f"{moe}/switch_gating/kernel"] = Recipe([f"{ff}.mlp.router.classifier.weight"], _transposed, (d, e),
+                                                      _one_transposed)
+            out[f"{moe}/softmlp/kernel"] = Recipe([f"{ff}.soft_bypass_mlp.weight"], _transposed, (d, d), _one_transposed)
+            out[f"{moe}/wi/kernel"] = Recipe([f"{x}.wi.weight" for x in experts], _stacked_transposes, (e, d, f),
+                                            _each_transposed)
+            out[f"{moe}/wo/kernel"] = Recipe([f"{x}.wo.weight" for x in experts], _stacked_transposes, (e, f, d),
+                                            _each_transposed)
+        else:
+            mlp = f"model/mlp{layer}"
+            out[f"{mlp}/p1/kernel"] = Recipe([f"{ff}.mlp.wi.weight"], _transposed, (d, f_ext), _one_transposed)
+            out[f"{mlp}/p1/bias"] = Recipe([f"{ff}.mlp.wi.bias"], _same, (f_ext,), _one)
+            out[f"{mlp}/p2/kernel"] = Recipe([f"{ff}.mlp.wo.weight"], _transposed, (f_ext, d), _one_transposed)
+            out[f"{mlp}/p2/bias"] = Recipe([f"{ff}.mlp.wo.bias"], _same, (d,), _one)
+    if s:
+        for k in range(8):
+            out[f"pasts/mlp{k}/kernel"] = Recipe([f"model.spout.{2 * k}.weight"], _transposed, (s, s), _one_transposed)
+        out["pasts/out/kernel"] = Recipe(["model.spout.16.weight"], _transposed, (s, config.num_layers * 2 * d),
+                                         _one_transposed)
     return out
 
 
@@ -204,11 +243,70 @@ class HubWeights:
     def port_tensor(self, name: str) -> np.ndarray:
         return self._handles[self._file_of[name]].get_tensor(name).astype(np.float32, copy=False)
 
-    def variables(self, names: list[str]) -> Iterator[tuple[str, np.ndarray]]:
-        """(original name, float32 value) for each of ``names``, built one at a time."""
-        table = recipes(self.config)
-        for name in names:
-            if name not in table:
-                raise UserError(f"{self.path}: the model needs {name}, which the hub layout does not hold")
-            sources, build = table[name]
-            yield name, np.ascontiguousarray(build(self.port_tensor, sources), np.float32)
+    def get_tensor(self, name: str) -> np.ndarray:
+        """The original variable ``name`` as float32 (the interface of a TF checkpoint reader)."""
+        recipe = recipes(self.config).get(name)
+        if recipe is None:
+            raise UserError(f"{self.path}: the model needs {name}, which the hub layout does not hold")
+        return np.ascontiguousarray(recipe.build(self.port_tensor, recipe.sources), np.float32)
+
+    def get_variable_to_shape_map(self) -> dict[str, list[int]]:
+        """Every original variable the directory holds, with its shape (checked against the headers)."""
+        return {name: list(recipe.shape) for name, recipe in recipes(self.config).items()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Export: our variables in the hub layout.
+# ---------------------------------------------------------------------------------------------------
+
+SHARD_BYTES = 2 << 30   # a shard's size before the next one starts (bounds the memory export needs)
+
+
+def hub_config(config: ModelConfig, dtype: str) -> dict:
+    """``config.json`` as the port writes it (spec §17.2, §17.4a); ``expert_capacity`` is the port's
+    default, which our capacity rule does not use."""
+    v = config.num_vocabulary
+    return {"architectures": ["GPTSanJapaneseForConditionalGeneration"], "model_type": MODEL_TYPE,
+            "vocab_size": v, "max_position_embeddings": config.num_contexts, "d_model": config.num_hidden,
+            "d_ff": config.expert_size, "d_ext": config.ext_size, "d_spout": config.num_spout,
+            "num_switch_layers": config.num_switch_layers, "num_ext_layers": config.num_ext_layers,
+            "num_layers": config.num_layers, "num_heads": config.num_header, "num_experts": config.num_experts,
+            "expert_capacity": 128, "dropout_rate": 0.0, "layer_norm_epsilon": config.layer_norm_epsilon,
+            "router_bias": False, "router_jitter_noise": 0.0, "router_dtype": "float32",
+            "router_ignore_padding_tokens": False, "initializer_factor": 0.002, "use_cache": True,
+            "separator_token_id": v - 2, "pad_token_id": v - 5, "eos_token_id": v - 1,
+            "tie_word_embeddings": True, "torch_dtype": dtype}
+
+
+def export(reader, config: ModelConfig, directory: str, dtype: str = "float32", progress: bool = True) -> None:
+    """Write ``config.json`` and the weights of ``reader`` (a checkpoint reader of original names) into
+    ``directory`` in the hub layout: ``model.safetensors``, or shards of about 2 GiB and an index."""
+    from safetensors.numpy import save_file  # noqa: PLC0415
+    from tqdm import tqdm  # noqa: PLC0415
+
+    shards: list[list[str]] = []   # the tensor names of each shard written
+    shard: dict[str, np.ndarray] = {}
+
+    def flush() -> None:
+        save_file(shard, os.path.join(directory, f"part-{len(shards)}.safetensors"), metadata={"format": "pt"})
+        shards.append(sorted(shard))
+        shard.clear()
+
+    for name, recipe in tqdm(recipes(config).items(), desc=f"exporting to {directory}", unit="var",
+                             disable=not progress, dynamic_ncols=True):
+        for source, value in zip(recipe.sources, recipe.split(reader.get_tensor(name))):
+            shard[source] = np.ascontiguousarray(value, dtype)
+        if sum(t.nbytes for t in shard.values()) >= SHARD_BYTES:
+            flush()
+    if shard or not shards:
+        flush()
+    names = [SINGLE_FILE] if len(shards) == 1 else \
+        [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for i, name in enumerate(names):
+        os.replace(os.path.join(directory, f"part-{i}.safetensors"), os.path.join(directory, name))
+    if len(shards) > 1:
+        weight_map = {tensor: name for name, tensors in zip(names, shards) for tensor in tensors}
+        with open(os.path.join(directory, INDEX_FILE), "w", encoding="utf-8") as f:
+            json.dump({"metadata": {}, "weight_map": weight_map}, f, indent=2)
+    with open(os.path.join(directory, CONFIG_FILE), "w", encoding="utf-8") as f:
+        json.dump(hub_config(config, dtype), f, indent=2)

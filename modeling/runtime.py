@@ -100,6 +100,12 @@ def install_tokenizer(directory: str, config: ModelConfig, vocabulary: str | Non
             tf.io.gfile.copy(source, target, overwrite=True)
 
 
+def checkpoint_reader(path: str):
+    """A reader of the original variables (``get_tensor``, ``get_variable_to_shape_map``) of a TF
+    checkpoint prefix or a hub directory."""
+    return hub.HubWeights(path, hub.read_config(path).model) if hub.is_hub_dir(path) else tf.train.load_checkpoint(path)
+
+
 def check_checkpoint(path: str, expected: dict[str, list[int]]) -> None:
     """Every variable the graph needs is in the checkpoint ``path`` with the same shape."""
     try:
@@ -295,8 +301,8 @@ class Runtime:
         session = self.start()
         variables = {v.op.name: v for v in tf.global_variables()}
         weights = hub.HubWeights(directory, self.config)
-        for name, value in weights.variables(sorted(variables)):
-            variable = variables[name]
+        for name, variable in sorted(variables.items()):
+            value = weights.get_tensor(name)
             if list(value.shape) != variable.shape.as_list():
                 raise UserError(f"{directory}: {name} comes out as {list(value.shape)}, the model needs "
                                 f"{variable.shape.as_list()}")

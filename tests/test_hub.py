@@ -144,3 +144,30 @@ def test_bad_hub_directory_is_one_clear_error(dirs, tmp_path, case):
         md = open_model_dir(path)
         from modeling.runtime import load_tokenizer
         load_tokenizer(md)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_export_then_import_gives_back_every_weight(dirs, tmp_path, dtype, monkeypatch):
+    """run_pretrain.py --export_format hf from our layout (extra layer, ete, spout), read back by the
+    hub reader: every variable bitwise (float16: bitwise the float16-rounded value)."""
+    import run_pretrain
+    from modeling import hub
+    from modeling.mtf_compat import tf
+
+    monkeypatch.setattr(hub, "SHARD_BYTES", 1 << 20)   # several shards and an index, as for the 2.8B
+    out = str(tmp_path / "exported")
+    run_pretrain.main(run_pretrain.build_parser().parse_args(
+        ["--model_dir", dirs["ours32"], "--export", out, "--export_format", "hf", "--export_dtype", dtype]))
+    assert {"config.json", "vocab.txt", "emoji.json", "model.safetensors.index.json"} <= set(os.listdir(out))
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert (config["model_type"], config["num_ext_layers"], config["d_spout"], config["torch_dtype"]) == \
+        ("gptsan-japanese", 1, 8, dtype)
+    ours = tf.train.load_checkpoint(open_model_dir(dirs["ours32"]).checkpoint)
+    back = hub.HubWeights(out, open_model_dir(out).config)
+    names = back.get_variable_to_shape_map()
+    assert set(names) == {n for n in ours.get_variable_to_shape_map() if n.startswith(("model/", "pasts/"))}
+    for name in names:
+        expected = ours.get_tensor(name)
+        if dtype == "float16":
+            expected = expected.astype(np.float16).astype(np.float32)
+        assert np.array_equal(back.get_tensor(name), expected), name
