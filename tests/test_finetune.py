@@ -206,3 +206,22 @@ def test_no_backward_pass_through_the_frozen_backbone_without_a_spout(setup):
         names = [op.name for op in build(config, settings, make_mesh("")).graph.get_operations()]
         assert any("model/att3/" in n and "/gradients" in n for n in names)   # the added layers train
         assert any(backbone.search(n) for n in names) == expected, spout
+
+
+def test_fine_tuning_starts_from_a_hub_directory(setup, tmp_path):
+    """--base_model may be the Hugging Face hub layout: the new directory holds the same weights as from
+    our layout, in ours, and trains."""
+    from hub_layout import write_hub_dir
+
+    hub = tmp_path / "hub"
+    weights = original_weights(BASE, seed=4)
+    write_hub_dir(str(hub), weights, BASE, vocabulary=os.path.join(REPO, "ja-swe36k.txt"))
+    out = tmp_path / "ft"
+    args = ["--base_model", str(hub), "--output", str(out), "--input_files", str(setup / "records" / "*.tfrecord"),
+            "--no_progress", "--batch_size", "4", "--add_layers", "1", "--max_steps", "2"]
+    run_finetune.main(run_finetune.build_parser().parse_args(args))
+    tuned = checkpoint(out)
+    for name in json.load(open(out / "ignore-params.json")):
+        np.testing.assert_array_equal(weights[name], tuned[name], err_msg=name)
+    assert int(tuned["global_step"]) == 2
+    assert sorted(os.listdir(hub)) == ["config.json", "model.safetensors", "vocab.txt"]   # nothing written there
