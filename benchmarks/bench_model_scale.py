@@ -7,7 +7,10 @@ variable at a time so that writing it needs little memory. Then, in a fresh proc
 it as a model directory, restores it and runs forward passes; the parent reads the child's peak
 resident memory. The target is peak <= 1.3x the checkpoint size.
 
-    python benchmarks/bench_model_scale.py [--dir /tmp/gptsan-2.8b-random] [--lengths 32 1280]
+With --hub_dir it also loads the same weights from the float16 Hugging Face hub layout (what
+``Tanrei/GPTSAN-japanese`` distributes): load time and peak memory (target <= 1.3x the float32 size).
+
+    python benchmarks/bench_model_scale.py [--dir /tmp/gptsan-2.8b-random] [--lengths 32 1280] [--hub_dir DIR]
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 
-sys.path[:0] = [os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."),
-                os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests")]
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.join(HERE, ".."), os.path.join(HERE, "..", "tests")]
 
 from child import checkpoint_bytes, run_child  # noqa: E402
 
@@ -81,6 +85,9 @@ def main() -> None:
     p.add_argument("--dir", default="/tmp/gptsan-2.8b-random", help="where the checkpoint is (written once)")
     p.add_argument("--lengths", type=int, nargs="+", default=[32, 1280], help="sequence lengths to time")
     p.add_argument("--repeats", type=int, default=3, help="forward passes per length (first one is warm-up)")
+    p.add_argument("--hub_dir", default=None,
+                   help="also load the same weights from this float16 Hugging Face layout directory (exported "
+                        "from --dir with run_pretrain.py --export_format hf --export_dtype float16 if absent)")
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child is not None:
@@ -88,14 +95,21 @@ def main() -> None:
     if not os.path.exists(os.path.join(args.dir, "checkpoint")):
         write_release_checkpoint(args.dir)
     size = checkpoint_bytes(args.dir)
-    print(f"checkpoint: {size / 1e9:.2f} GB ({args.dir})")
-    print(f"{'tokens':>7} {'build s':>8} {'load s':>7} {'1st fwd s':>9} {'fwd s':>7} {'ms/token':>8} "
+    print(f"checkpoint: {size / 1e9:.2f} GB ({args.dir}); peak is also given against it (the float32 model)")
+    print(f"{'layout':>12} {'tokens':>7} {'build s':>8} {'load s':>7} {'1st fwd s':>9} {'fwd s':>7} {'ms/token':>8} "
           f"{'peak GB':>8} {'peak/ckpt':>9}")
-    for length in args.lengths:
-        r, peak = run_child([__file__, "--dir", args.dir, "--child", str(length), "--repeats", str(args.repeats)])
-        print(f"{length:>7} {r['build_s']:>8.1f} {r['load_s']:>7.1f} {r['first_forward_s']:>9.2f} "
-              f"{r['forward_s']:>7.2f} {1000 * r['forward_s'] / length:>8.1f} {peak / 1e9:>8.2f} "
-              f"{peak / size:>9.2f}")
+    layouts = [("original", args.dir, args.lengths)]
+    if args.hub_dir:
+        if not os.path.exists(args.hub_dir):
+            subprocess.run([sys.executable, os.path.join(HERE, "..", "run_pretrain.py"), "--model_dir", args.dir,
+                            "--export", args.hub_dir, "--export_format", "hf", "--export_dtype", "float16"], check=True)
+        layouts.append(("hub float16", args.hub_dir, args.lengths[:1]))
+    for name, directory, lengths in layouts:
+        for length in lengths:
+            r, peak = run_child([__file__, "--dir", directory, "--child", str(length), "--repeats", str(args.repeats)])
+            print(f"{name:>12} {length:>7} {r['build_s']:>8.1f} {r['load_s']:>7.1f} {r['first_forward_s']:>9.2f} "
+                  f"{r['forward_s']:>7.2f} {1000 * r['forward_s'] / length:>8.1f} {peak / 1e9:>8.2f} "
+                  f"{peak / size:>9.2f}")
 
 
 if __name__ == "__main__":
