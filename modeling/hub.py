@@ -71,7 +71,7 @@ class Recipe:
     """How one original variable is made from the port's tensors."""
 
     sources: list[str]            # the port's tensor names
-    build: Build                  # (read a port tensor as float32, sources) -> our value
+    build: Build                  # (read a port tensor, sources) -> our value (cast by the caller)
     shape: tuple[int, ...]        # our shape
     split: Callable[[np.ndarray], list[np.ndarray]]   # our value -> the port's tensors (export)
 
@@ -200,17 +200,17 @@ class HubWeights:
 
         self.path, self.config = path, config
         files = self._files()
-        self._handles, self._file_of = {}, {}
+        self._file_of: dict[str, str] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}
         for file in sorted(set(files.values()) if files else [SINGLE_FILE]):
             where = os.path.join(path, file)
             if not os.path.isfile(where):
                 raise UserError(f"{where} not found (named by {INDEX_FILE}): the download is incomplete")
-            try:
-                handle = safe_open(where, framework="numpy")
-                self._handles[file] = handle
-                for name in handle.keys():
-                    self._file_of[name] = file
-                    handle.get_slice(name)   # the header's offsets are checked against the file here
+            try:   # opening checks the header's offsets against the file's size
+                with safe_open(where, framework="numpy") as handle:
+                    for name in handle.keys():
+                        self._file_of[name] = file
+                        self._shapes[name] = tuple(handle.get_slice(name).get_shape())
             except (SafetensorError, OSError, ValueError) as error:
                 raise UserError(f"cannot read {where} ({str(error).splitlines()[0][:120]}): the file is "
                                 f"truncated or not safetensors; download it again") from None
@@ -236,12 +236,18 @@ class HubWeights:
         for name, shape in port_shapes(self.config).items():
             if name not in self._file_of:
                 raise UserError(f"{self.path}: the weights lack {name} (config.json implies it)")
-            found = tuple(self._handles[self._file_of[name]].get_slice(name).get_shape())
+            found = self._shapes[name]
             if found != shape:
                 raise UserError(f"{self.path}: {name} has shape {list(found)}, config.json implies {list(shape)}")
 
     def port_tensor(self, name: str) -> np.ndarray:
-        return self._handles[self._file_of[name]].get_tensor(name).astype(np.float32, copy=False)
+        """One tensor as stored (float16 or float32: recipes cast once, while they transpose). The
+        file is opened for each read: safetensors maps it into memory, and pages of a mapping held
+        open would count as resident until the whole model was read."""
+        from safetensors import safe_open  # noqa: PLC0415
+
+        with safe_open(os.path.join(self.path, self._file_of[name]), framework="numpy") as handle:
+            return handle.get_tensor(name)
 
     def get_tensor(self, name: str) -> np.ndarray:
         """The original variable ``name`` as float32 (the interface of a TF checkpoint reader)."""
