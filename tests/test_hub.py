@@ -171,3 +171,16 @@ def test_export_then_import_gives_back_every_weight(dirs, tmp_path, dtype, monke
         if dtype == "float16":
             expected = expected.astype(np.float16).astype(np.float32)
         assert np.array_equal(back.get_tensor(name), expected), name
+
+
+def test_bad_hub_directory_from_the_shell_is_one_line_and_exit_2(dirs, tmp_path):
+    import subprocess
+    import sys
+
+    path = edited(dirs["hub16"], tmp_path / "pickle", only_torch_pickle)
+    before = sorted(os.listdir(path))
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "run_languagemodel.py"), "--model", path,
+                             "--context", "x", "--output", str(tmp_path / "out.json")], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "safetensors revision" in result.stderr
+    assert sorted(os.listdir(path)) == before and not (tmp_path / "out.json").exists()
