@@ -156,10 +156,9 @@ class Runtime:
         (per layer key and value variables [slots, batch, heads, d_kv]) the inputs attend to those
         slots too: extra placeholders ``query_index`` [batch, length] (token indices of the inputs)
         and ``slot_index`` [batch, slots] (see model.Cache); ``spout`` then means the cache holds a
-        spout slot. The exports include ``next_logits`` [batch, vocab] (at each row's last real token),
-        this input's keys and values (``keys``, ``values``:
-        [layers, batch, heads, length, d_kv]) and, with a spout and no cache, the spout's
-        (``spout_keys``, ``spout_values``).
+        spout slot. The exports include ``next_logits`` [batch, vocab] (at each row's last real
+        token), this input's keys and values (``keys``, ``values``: [layers, batch, heads, length,
+        d_kv]) and, with a spout and no cache, the spout's (``spout_keys``, ``spout_values``).
 
         Inference on one device runs ``modeling.inference`` (same numbers, no mesh overhead) unless
         the runtime was made with ``direct=False``; everything else is lowered by Mesh TensorFlow.
@@ -196,6 +195,7 @@ class Runtime:
 
     def _direct(self, placeholders: dict[str, tf.Tensor], length: int, spout: bool,
                 cache: list[tuple[tf.Variable, tf.Variable]] | None) -> dict[str, tf.Tensor]:
+        """``modeling.inference`` on the placeholders; a cached step reads only the slots it may see."""
         read = None
         if cache is not None:
             query_index = placeholders["query_index"]
