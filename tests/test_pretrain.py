@@ -109,8 +109,8 @@ def test_sigkill_and_restart_ends_with_the_same_weights(data, tmp_path):
     straight = run_cli(argv(data, tmp_path / "straight", *common))
     assert straight.wait() == 0, straight.stderr.read()
     killed = run_cli(argv(data, tmp_path / "killed", *common))
-    wait_for(tmp_path / "killed" / "model.ckpt-10.index", killed)
-    killed.send_signal(signal.SIGKILL)
+    wait_for(tmp_path / "killed" / "model.ckpt-15.index", killed)   # written before the state file names it,
+    killed.send_signal(signal.SIGKILL)                              # so the latest is at least ckpt-10
     assert killed.wait() == -signal.SIGKILL
     killed_at = int(tf.train.latest_checkpoint(str(tmp_path / "killed")).rsplit("-", 1)[1])
     assert 10 <= killed_at < 120
