@@ -162,34 +162,11 @@ def recipes(config: ModelConfig) -> dict[str, Recipe]:
     return out
 
 
-def port_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor the port's state dict must hold for ``config``, with its shape (spec §17.4)."""
-    d, v, c, e = config.num_hidden, config.num_vocabulary, config.num_contexts, config.num_experts
-    f, f_ext, s = config.expert_size, config.ext_size, config.num_spout
-    shapes = {"model.embed_tokens.weight": (v, d), "model.position_embeddings.weight": (c, d),
-              "final_logits_bias": (1, v), "model.last_project.weight": (d, d), "model.last_project.bias": (d,)}
-    if config.num_ext_layers:
-        shapes["model.extra_position_embeddings.weight"] = (c, d)
-    for layer in range(config.num_layers):
-        block = f"model.blocks.{layer}"
-        for n in ("q", "k", "v", "out"):
-            shapes[f"{block}.self_attn.self_attn.{n}_proj.weight"] = (d, d)
-        for norm in ("self_attn.norm", "feed_forward.norm"):
-            shapes[f"{block}.{norm}.weight"] = shapes[f"{block}.{norm}.bias"] = (d,)
-        ff = f"{block}.feed_forward"
-        if layer < config.num_switch_layers:
-            shapes[f"{ff}.mlp.router.classifier.weight"] = (e, d)
-            shapes[f"{ff}.soft_bypass_mlp.weight"] = (d, d)
-            for k in range(e):
-                shapes[f"{ff}.mlp.experts.expert_{k}.wi.weight"] = (f, d)
-                shapes[f"{ff}.mlp.experts.expert_{k}.wo.weight"] = (d, f)
-        else:
-            shapes.update({f"{ff}.mlp.wi.weight": (f_ext, d), f"{ff}.mlp.wi.bias": (f_ext,),
-                           f"{ff}.mlp.wo.weight": (d, f_ext), f"{ff}.mlp.wo.bias": (d,)})
-    if s:
-        shapes.update({f"model.spout.{2 * k}.weight": (s, s) for k in range(8)})
-        shapes["model.spout.16.weight"] = (config.num_layers * 2 * d, s)
-    return shapes
+def port_shapes(table: dict[str, Recipe]) -> dict[str, tuple[int, ...]]:
+    """Every tensor the port's state dict must hold, with its shape: each recipe's ``split`` applied
+    to an unfilled array of our shape (views, except the small q/k/v/o reshapes)."""
+    return {source: value.shape for recipe in table.values()
+            for source, value in zip(recipe.sources, recipe.split(np.empty(recipe.shape, np.float32)))}
 
 
 class HubWeights:
@@ -199,6 +176,7 @@ class HubWeights:
         from safetensors import SafetensorError, safe_open  # noqa: PLC0415
 
         self.path, self.config = path, config
+        self._recipes = recipes(config)
         files = self._files()
         self._file_of: dict[str, str] = {}
         self._shapes: dict[str, tuple[int, ...]] = {}
@@ -233,7 +211,7 @@ class HubWeights:
         raise UserError(f"{self.path} has config.json but no {SINGLE_FILE} or {INDEX_FILE}: download the weights")
 
     def _check(self) -> None:
-        for name, shape in port_shapes(self.config).items():
+        for name, shape in port_shapes(self._recipes).items():
             if name not in self._file_of:
                 raise UserError(f"{self.path}: the weights lack {name} (config.json implies it)")
             found = self._shapes[name]
@@ -251,14 +229,14 @@ class HubWeights:
 
     def get_tensor(self, name: str) -> np.ndarray:
         """The original variable ``name`` as float32 (the interface of a TF checkpoint reader)."""
-        recipe = recipes(self.config).get(name)
+        recipe = self._recipes.get(name)
         if recipe is None:
             raise UserError(f"{self.path}: the model needs {name}, which the hub layout does not hold")
         return np.ascontiguousarray(recipe.build(self.port_tensor, recipe.sources), np.float32)
 
     def get_variable_to_shape_map(self) -> dict[str, list[int]]:
         """Every original variable the directory holds, with its shape (checked against the headers)."""
-        return {name: list(recipe.shape) for name, recipe in recipes(self.config).items()}
+        return {name: list(recipe.shape) for name, recipe in self._recipes.items()}
 
 
 # ---------------------------------------------------------------------------------------------------
