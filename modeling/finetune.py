@@ -24,7 +24,7 @@ from modeling.files import write_json
 from modeling.mtf_compat import tf
 
 IGNORE_FILE, MARKER_FILE = "ignore-params.json", "finetune.json"
-DEAD_SPOUT = 1e-4   # spout_sensitivity of the original's N(0, 0.01) init is about (0.01·sqrt(S))^8
+SEPARATED = 0.1   # smallest singular value of the spout MLP's one-hot outputs that keeps it (spout_separation)
 
 
 def new_layer_shapes(config, layer: int) -> dict[str, tuple[int, ...]]:
@@ -37,10 +37,11 @@ def new_layer_shapes(config, layer: int) -> dict[str, tuple[int, ...]]:
 
 
 def initial_value(name: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """Kernels N(0, 0.02) as the converter, spout MLP kernels std 1/sqrt(S); LayerNorm gains 1; biases,
-    LayerNorm offsets and ete 0."""
+    """Kernels N(0, 0.02) as the converter, spout MLP kernels random orthogonal; LayerNorm gains 1;
+    biases, LayerNorm offsets and ete 0."""
     if name.startswith("pasts/mlp"):
-        return (shape[0] ** -0.5 * rng.standard_normal(shape)).astype(np.float32)
+        q, r = np.linalg.qr(rng.standard_normal(shape))
+        return (q * np.sign(np.diag(r))).astype(np.float32)
     if name.endswith("/g"):
         return np.ones(shape, np.float32)
     if name.endswith(("/b", "/bias", "/ete")):
@@ -48,34 +49,46 @@ def initial_value(name: str, shape: tuple[int, ...], rng: np.random.Generator) -
     return (0.02 * rng.standard_normal(shape)).astype(np.float32)
 
 
-def spout_sensitivity(kernels: list[np.ndarray]) -> float:
-    """How much the spout MLP's output differs between classes: the mean standard deviation, over the
-    one-hot inputs, of its last tanh layer. Below ``DEAD_SPOUT`` the gradients reaching the MLP are
-    smaller than Adam's epsilon, and class control cannot be learned from it."""
+def spout_separation(kernels: list[np.ndarray]) -> float:
+    """How well the spout MLP keeps the classes apart: the smallest singular value of its outputs for
+    the S one-hot inputs (rows). The output projection, the spout's trained part, maps these rows
+    linearly, so it can give each class its own key and value, learned at a similar rate, only if the
+    rows are far from linearly dependent. The original's N(0, 0.01) init gives about (0.01·sqrt(S))^8;
+    uniform pretraining saturates the tanh layers into one output for every class; a random Gaussian
+    init leaves some classes almost collinear. Random orthogonal kernels (``initial_value``) give 0.5-0.9."""
     h = np.eye(kernels[0].shape[0], dtype=np.float64)
     for kernel in kernels:
         h = np.tanh(h @ kernel)
-    return float(h.std(axis=0).mean())
+    return float(np.linalg.svd(h, compute_uv=False).min())
+
+
+def spout_mlp_names(config: ModelConfig) -> list[str]:
+    return [f"pasts/mlp{k}/kernel" for k in range(8)] if config.num_spout else []
 
 
 def created_variables(base: ModelConfig, config: ModelConfig, reader: tf.train.CheckpointReader,
                       base_dir: str) -> dict[str, tuple[int, ...]]:
     """Names and shapes of the variables the fine-tuning directory creates instead of copying: the added
-    layers, ``ete`` if new, the spout projection for the new layer count, and a spout MLP that cannot
-    learn."""
+    layers, ``ete`` if new, the spout projection for the new layer count (or if the base has none), and
+    a spout MLP that the base lacks or that gives every class the same output."""
     shapes = {}
     for layer in range(base.num_layers, config.num_layers):
         shapes.update(new_layer_shapes(config, layer))
     if config.num_layers > base.num_layers and not base.num_ext_layers:
         shapes["model/ete"] = (config.num_contexts, config.num_hidden)
-    if config.num_layers > base.num_layers and config.num_spout:
+    stored = reader.get_variable_to_shape_map()
+    if config.num_spout and (config.num_layers > base.num_layers or "pasts/out/kernel" not in stored):
         shapes["pasts/out/kernel"] = (config.num_spout, config.num_layers * 2 * config.num_hidden)
-    spout_mlp = [f"pasts/mlp{k}/kernel" for k in range(8)] if config.num_spout else []
-    if spout_mlp and spout_sensitivity([reader.get_tensor(n) for n in spout_mlp]) < DEAD_SPOUT:
-        print(f"note: the spout MLP of {base_dir} gives the same output for every class (original initialisation, "
-              "or trained on noise only); it is re-initialised with std 1/sqrt(num_spout) so that it can learn",
-              file=sys.stderr)
-        shapes.update({name: (config.num_spout, config.num_spout) for name in spout_mlp})
+    mlp = spout_mlp_names(config)
+    if mlp and not all(name in stored for name in mlp):
+        print(f"note: {base_dir} has no spout weights (pretrained without --spout_vector); the spout is created "
+              "fresh", file=sys.stderr)
+    elif mlp and spout_separation([reader.get_tensor(n) for n in mlp]) < SEPARATED:
+        print(f"note: the spout MLP of {base_dir} gives (almost) the same output for different classes (original "
+              "initialisation, or pretrained on noise); it is re-initialised (random orthogonal)", file=sys.stderr)
+    else:
+        return shapes
+    shapes.update({name: (config.num_spout, config.num_spout) for name in mlp})
     return shapes
 
 
@@ -134,7 +147,8 @@ def prepare(base: runtime.ModelDir, output: str, add_layers: int, vocabulary: st
     tf.io.gfile.makedirs(staging)
     checkpoint.write_checkpoint(os.path.join(staging, "model.ckpt-0"), tensors())
     checkpoint.write_checkpoint_state(staging, ["model.ckpt-0"])
-    frozen = [n for n in copied if not n.startswith("pasts/")]
+    # the spout MLP stays fixed: training it saturates its tanh layers into one output for every class
+    frozen = sorted({n for n in copied if not n.startswith("pasts/")} | set(spout_mlp_names(config)))
     write_json(os.path.join(staging, IGNORE_FILE), frozen)
     parameters = dataclasses.replace(base.parameters, model=config)
     runtime.install_tokenizer(staging, config, *runtime.tokenizer_files(base.path, vocabulary, emoji))

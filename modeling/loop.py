@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import time
 
 import numpy as np
@@ -174,8 +175,8 @@ class Summaries:
 def _record(step: int, metrics: dict, tokens_per_second: float) -> tuple[dict, dict[str, float]]:
     """One JSONL log record and its TensorBoard scalars."""
     record = {"step": step, "tokens_per_second": tokens_per_second}
-    for name in ("loss", "lm_loss", "aux_loss", "learning_rate", "grad_norm", "loss_scale"):
-        if name in metrics:
+    for name in ("loss", "lm_loss", "aux_loss", "learning_rate", "grad_norm", "loss_scale", "spout_separation"):
+        if name in metrics and np.isfinite(metrics[name]):
             record[name] = float(metrics[name])
     record["perplexity"] = float(np.exp(min(record["lm_loss"], 50.0)))
     record["dropped_fraction"] = [round(float(x), 5) for x in metrics["dropped_fraction"]]
@@ -185,6 +186,19 @@ def _record(step: int, metrics: dict, tokens_per_second: float) -> tuple[dict, d
         scalars[f"experts/layer{layer}/dropped"] = dropped
         scalars.update({f"experts/layer{layer}/expert{e}": share for e, share in enumerate(fractions)})
     return record, scalars
+
+
+SPOUT_COLLAPSED = 0.01   # spout_separation below which the classes reach the model as one spout
+
+
+def _warn_spout_collapse(record: dict) -> bool:
+    """Say (once) when the classes' spout keys/values have become the same: class control is lost."""
+    if record.get("spout_separation", 1.0) >= SPOUT_COLLAPSED:
+        return False
+    print(f"warning: at step {record['step']} the spout gives every class almost the same keys and values "
+          f"(spout_separation {record['spout_separation']:.2g}): the model cannot tell the classes apart; "
+          "lower --learning_rate, or fine-tune from a fresh spout (see README, Fine-tuning)", file=sys.stderr, flush=True)
+    return True
 
 
 def train(directory: str, g: TrainGraph, session_config: tf.ConfigProto, master: str, loop: LoopSettings,
@@ -212,7 +226,7 @@ def train(directory: str, g: TrainGraph, session_config: tf.ConfigProto, master:
             log = Log(directory, step)
             summaries = Summaries(directory)
             bar = tqdm(total=loop.max_steps, initial=step, unit="step", disable=not progress, dynamic_ncols=True)
-            last_saved, started, steps_timed = step, time.perf_counter(), 0
+            last_saved, started, steps_timed, collapsed = step, time.perf_counter(), 0, False
             while step < loop.max_steps and stop.signal is None:
                 _, metrics = session.run([g.train_op, g.metrics])
                 step += 1
@@ -227,6 +241,7 @@ def train(directory: str, g: TrainGraph, session_config: tf.ConfigProto, master:
                     log.add(record)
                     summaries.add(step, scalars)
                     bar.set_postfix(loss=f"{record['lm_loss']:.3f}", tok_s=f"{rate:,.0f}")
+                    collapsed = collapsed or _warn_spout_collapse(record)
                     started, steps_timed = time.perf_counter(), 0
                 if evaluate and loop.eval_every and step % loop.eval_every == 0:
                     held_out = evaluate(session, step)

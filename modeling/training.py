@@ -121,6 +121,16 @@ def import_batch(mesh: mtf.Mesh, batch: dict[str, tf.Tensor], config: ModelConfi
     return inputs, mtf.import_tf_tensor(mesh, batch["y"], mtf.Shape([b, t]))
 
 
+def class_separation(vectors: tf.Tensor, classes: tf.Tensor) -> tf.Tensor:
+    """How far apart the spout puts different classes: the mean distance between the keys/values
+    (``vectors`` [B, F]) of two examples of different ``classes``, over their mean norm. Near 0 the
+    spout tells the model nothing about the class; NaN when the batch holds one class."""
+    distances = tf.norm(vectors[:, None] - vectors[None], axis=-1)
+    different = tf.cast(tf.not_equal(classes[:, None], classes[None]), tf.float32)
+    mean_distance = tf.reduce_sum(distances * different) / tf.reduce_sum(different)
+    return mean_distance / tf.reduce_mean(tf.norm(vectors, axis=-1))
+
+
 def lm_loss(logits: mtf.Tensor, targets: mtf.Tensor, z_loss: float) -> mtf.Tensor:
     """Mean over targeted positions of -log p(y) + z_loss * (log Z)^2 (spec §9); y = -1 is ignored."""
     vocab = logits.shape.dims[-1]
@@ -203,7 +213,8 @@ def build(config: ModelConfig, s: Settings, mesh: MeshSetup) -> TrainGraph:
         seed = tf.stack([tf.constant(s.seed, tf.int64), global_step])
         mesh_graph = mtf.Graph()
         m = mtf.Mesh(mesh_graph, "mesh")
-        inputs, targets = import_batch(m, iterator.get_next(), config, s, seed)
+        batch = iterator.get_next()
+        inputs, targets = import_batch(m, batch, config, s, seed)
         outputs = network.forward(m, config, inputs, training=True, batch_split=mesh.batch_split,
                                   jitter_seed=seed, activation_dtype=activation_dtype)
         lm = lm_loss(outputs.logits, targets, config.output_z_loss_coef)
@@ -249,6 +260,9 @@ def build(config: ModelConfig, s: Settings, mesh: MeshSetup) -> TrainGraph:
         }
         if loss_scale is not None:
             metrics["loss_scale"] = tf.identity(loss_scale)
+        if s.spout_vector in ("onehot", "half_onehot"):
+            spout_kv = tf.concat([tf.reshape(export(t), [s.batch_size, -1]) for pair in outputs.spout_kv for t in pair], 1)
+            metrics["spout_separation"] = class_separation(spout_kv, batch["i"][:, 0])
         saver = tf.train.Saver(max_to_keep=None, save_relative_paths=True)  # keeping K is done by the caller
         return TrainGraph(graph, train_op, global_step, metrics, inputs.tokens.shape.size, lowering, saver,
                           tf.global_variables_initializer(), lowering.copy_masters_to_slices(),

@@ -63,13 +63,16 @@ def test_only_added_layers_and_spout_train_and_frozen_weights_are_bitwise_equal(
              "--warmup_steps", "2", "--spout_vector", "onehot")
     base, tuned = checkpoint(setup / "base"), checkpoint(out)
     frozen = json.load(open(out / "ignore-params.json"))
-    assert frozen and all(not n.startswith("pasts/") for n in frozen)
+    assert frozen and not any(n.startswith("pasts/") and "/mlp" not in n for n in frozen)   # the spout MLP is fixed
     for name in frozen:
-        np.testing.assert_array_equal(base[name], tuned[name], err_msg=name)
+        if name.startswith("pasts/"):   # the base's MLP (original init) was replaced by a fixed orthogonal one
+            np.testing.assert_allclose(tuned[name] @ tuned[name].T, np.eye(8), atol=1e-5, err_msg=name)
+        else:
+            np.testing.assert_array_equal(base[name], tuned[name], err_msg=name)
     slotted = {n[:-len("/adam_m")] for n in tuned if n.endswith("/adam_m")}
     trained = {n for n in tuned if n.startswith(("model/", "pasts/")) and "/adam_" not in n} - set(frozen)
     assert slotted == trained
-    assert {"model/ete", "model/mlp3/p2/bias", "pasts/out/kernel", "pasts/mlp0/kernel"} <= slotted
+    assert {"model/ete", "model/mlp3/p2/bias", "pasts/out/kernel"} <= slotted and "pasts/mlp0/kernel" not in slotted
     assert tuned["pasts/out/kernel"].shape == (8, 4 * 2 * 32)
     params = json.load(open(out / "parameters.json"))["model_params"]
     assert params["num_ext_layers"] == 2 and params["num_switch_layers"] == 2
@@ -88,9 +91,9 @@ def test_same_fine_tuning_on_one_device_and_on_model2(setup, tmp_path):
               "--spout_vector", "onehot")
     finetune(setup, tmp_path / "one", *common)
     finetune(setup, tmp_path / "two", *common, "--mesh_shape", "batch:1;model:2")
-    base, two = checkpoint(setup / "base"), checkpoint(tmp_path / "two")
-    for name in json.load(open(tmp_path / "two" / "ignore-params.json")):
-        np.testing.assert_array_equal(base[name], two[name], err_msg=name)
+    base, one, two = checkpoint(setup / "base"), checkpoint(tmp_path / "one"), checkpoint(tmp_path / "two")
+    for name in json.load(open(tmp_path / "two" / "ignore-params.json")):   # the spout MLP: re-initialised
+        np.testing.assert_array_equal(one[name] if name.startswith("pasts/") else base[name], two[name], err_msg=name)
     losses = [[json.loads(line)["loss"] for line in open(tmp_path / run / "train_log.jsonl")] for run in ("one", "two")]
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
 
@@ -98,8 +101,7 @@ def test_same_fine_tuning_on_one_device_and_on_model2(setup, tmp_path):
 def test_spout_only_and_bad_input(setup, tmp_path):
     finetune(setup, tmp_path / "spout", "--add_layers", "0", "--max_steps", "2", "--spout_vector", "onehot")
     tuned = checkpoint(tmp_path / "spout")
-    assert {n[:-len("/adam_m")] for n in tuned if n.endswith("/adam_m")} == \
-        {f"pasts/mlp{k}/kernel" for k in range(8)} | {"pasts/out/kernel"}
+    assert {n[:-len("/adam_m")] for n in tuned if n.endswith("/adam_m")} == {"pasts/out/kernel"}
     with pytest.raises(UserError, match="not of this base"):
         finetune(setup, tmp_path / "spout", "--add_layers", "1", "--max_steps", "3")
     with pytest.raises(UserError, match="--add_layers must be >= 0"):
@@ -167,24 +169,88 @@ def test_class_ids_must_fit_the_spout(setup, tmp_path):
                      "--max_steps", "1", "--spout_vector", mode)
 
 
-def test_spout_sensitivity_tells_a_dead_spout_mlp():
-    """The original's N(0, 0.01) init passes ~(0.01·sqrt(S))^8 of the input through 8 tanh layers, which
-    fine-tuning replaces; a fan-in init (ours) and a trained MLP that tells classes apart are kept."""
-    from modeling.finetune import DEAD_SPOUT, spout_sensitivity
-    rng = np.random.default_rng(0)
-    s = 128
-    original = [0.01 * rng.standard_normal((s, s)) for _ in range(8)]
-    ours = [s ** -0.5 * rng.standard_normal((s, s)) for _ in range(8)]
-    assert spout_sensitivity(original) < 1e-6 < DEAD_SPOUT
-    assert spout_sensitivity(ours) > 0.05   # about s ** -0.5: the one-hot input keeps its size
-    # slow reference: class k's output is the MLP applied to e_k alone
+def spout_outputs(directory, classes: int) -> np.ndarray:
+    """Slow reference (spec §3.7): the spout's keys/values [classes, L·2·d] for the one-hot inputs."""
+    weights = checkpoint(directory)
     outputs = []
-    for k in range(s):
-        h = np.eye(s)[k]
-        for w in ours:
+    for k in range(classes):
+        h = np.eye(weights["pasts/mlp0/kernel"].shape[0])[k]
+        for layer in range(8):
+            h = np.tanh(h @ weights[f"pasts/mlp{layer}/kernel"])
+        outputs.append(h @ weights["pasts/out/kernel"])
+    return np.array(outputs)
+
+
+def test_spout_separation_tells_which_spout_mlps_keep_classes_apart():
+    """The original's N(0, 0.01) init, a Gaussian fan-in init (some classes nearly collinear) and an MLP
+    saturated into one output are replaced; random orthogonal kernels are kept."""
+    from modeling.finetune import SEPARATED, initial_value, spout_separation
+    rng = np.random.default_rng(0)
+    for s in (8, 128):
+        original = [0.01 * rng.standard_normal((s, s)) for _ in range(8)]
+        saturated = [np.full((s, s), 3.0)] + [s ** -0.5 * rng.standard_normal((s, s)) for _ in range(7)]
+        orthogonal = [initial_value(f"pasts/mlp{k}/kernel", (s, s), rng) for k in range(8)]
+        np.testing.assert_allclose(orthogonal[0] @ orthogonal[0].T, np.eye(s), atol=1e-5)
+        assert spout_separation(original) < 1e-6 and spout_separation(saturated) < 1e-6
+        assert spout_separation(orthogonal) > 5 * SEPARATED
+        h = np.eye(s)   # slow reference: the smallest singular value of the one-hot outputs
+        for w in orthogonal:
             h = np.tanh(h @ w)
-        outputs.append(h)
-    np.testing.assert_allclose(spout_sensitivity(ours), np.std(outputs, axis=0).mean(), rtol=1e-12)
+        np.testing.assert_allclose(spout_separation(orthogonal), np.linalg.svd(h)[1].min(), rtol=1e-6)
+    assert spout_separation([s ** -0.5 * rng.standard_normal((8, 8)) for _ in range(8)]) < SEPARATED
+
+
+# Marker words that the tokenizer fuses with the phrase before them: only the spout (and earlier
+# documents of the record) tell the class.
+COLLAPSE_PHRASES = ("今日は晴れ", "明日は雨", "駅まで歩く", "お茶を飲む", "本を読む", "猫が寝る", "空が青い", "道が長い")
+COLLAPSE_MARKERS = ("にゃん", "ござる")
+
+
+def test_class_spouts_stay_apart_under_a_high_learning_rate(tmp_path):
+    """The collapse of issue 16: from a base pretrained with a uniform spout, one-hot fine-tuning at
+    learning rate 1e-2 used to drive the trained spout MLP's tanh layers into one saturated output
+    for both classes (|o0 - o1| / |o| = 6e-5). The MLP is now a fixed feature map, so only the output
+    projection moves, and the classes keep distinct keys and values; the separation is logged."""
+    import run_pretrain
+    for cls, marker in enumerate(COLLAPSE_MARKERS):
+        docs = [f"{phrase}{marker}。" for phrase in COLLAPSE_PHRASES] * 8
+        (tmp_path / f"c{cls}.txt").write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    (tmp_path / "classes.csv").write_text("filename,fileid\nc0.txt,0\nc1.txt,1\n", encoding="utf-8")
+    encode(tmp_path / "classes.csv", tmp_path / "records")
+    (tmp_path / "params.json").write_text(json.dumps({"model_params": BASE}))
+    records = str(tmp_path / "records" / "*.tfrecord")
+    run_pretrain.main(run_pretrain.build_parser().parse_args(
+        ["--parameter_file", str(tmp_path / "params.json"), "--model_dir", str(tmp_path / "pre"), "--input_files",
+         records, "--max_steps", "200", "--learning_rate", "1e-2", "--warmup_steps", "10", "--batch_size", "4",
+         "--spout_vector", "uniform", "--no_progress", "--log_every", "50"]))
+    out = tmp_path / "ft"
+    run_finetune.main(run_finetune.build_parser().parse_args(
+        ["--base_model", str(tmp_path / "pre"), "--output", str(out), "--input_files", records, "--add_layers", "2",
+         "--max_steps", "200", "--learning_rate", "1e-2", "--warmup_steps", "10", "--batch_size", "4",
+         "--spout_vector", "onehot", "--no_progress", "--log_every", "20"]))
+    o = spout_outputs(out, 2)
+    assert np.linalg.norm(o[0] - o[1]) > 0.3 * np.linalg.norm(o, axis=1).mean()
+    logged = [json.loads(line).get("spout_separation") for line in open(out / "train_log.jsonl")]
+    assert len(logged) == 10 and all(value is None or value > 0.3 for value in logged), logged
+    assert sum(value is not None for value in logged) >= 5   # batches of 4 usually hold both classes
+
+
+def test_spout_created_for_a_base_pretrained_without_one(setup, tmp_path, capsys):
+    """A base pretrained without --spout_vector has no pasts/* weights: the spout is created fresh (and
+    said so), its MLP frozen and its projection trained."""
+    import run_pretrain
+    (tmp_path / "params.json").write_text(json.dumps({"model_params": BASE}))
+    run_pretrain.main(run_pretrain.build_parser().parse_args(
+        ["--parameter_file", str(tmp_path / "params.json"), "--model_dir", str(tmp_path / "pre"), "--input_files",
+         str(setup / "records" / "*.tfrecord"), "--max_steps", "2", "--batch_size", "4", "--no_progress"]))
+    assert not any(n.startswith("pasts/") for n in checkpoint(tmp_path / "pre"))
+    finetune(setup, tmp_path / "ft", "--base_model", str(tmp_path / "pre"), "--add_layers", "1", "--max_steps", "3",
+             "--spout_vector", "onehot")
+    assert "has no spout weights" in capsys.readouterr().err
+    tuned = checkpoint(tmp_path / "ft")
+    frozen = set(json.load(open(tmp_path / "ft" / "ignore-params.json")))
+    assert {f"pasts/mlp{k}/kernel" for k in range(8)} <= frozen and "pasts/out/kernel" not in frozen
+    assert "pasts/out/kernel/adam_m" in tuned and "pasts/mlp0/kernel/adam_m" not in tuned
 
 
 def test_no_backward_pass_through_the_frozen_backbone_without_a_spout(setup):
@@ -222,6 +288,7 @@ def test_fine_tuning_starts_from_a_hub_directory(setup, tmp_path):
     run_finetune.main(run_finetune.build_parser().parse_args(args))
     tuned = checkpoint(out)
     for name in json.load(open(out / "ignore-params.json")):
-        np.testing.assert_array_equal(weights[name], tuned[name], err_msg=name)
+        if not name.startswith("pasts/"):   # the spout MLP of the original init is replaced
+            np.testing.assert_array_equal(weights[name], tuned[name], err_msg=name)
     assert int(tuned["global_step"]) == 2
     assert sorted(os.listdir(hub)) == ["config.json", "model.safetensors", "vocab.txt"]   # nothing written there
