@@ -13,7 +13,7 @@ def build_parser():
     p = cli.parser(__doc__)
     p.add_argument("--base_model", required=True, help="model directory to start from (frozen)")
     p.add_argument("--output", required=True, help="fine-tuned model directory (created, or resumed)")
-    p.add_argument("--add_layers", type=int, default=2, help="dense extra layers appended; 0 = spout only")
+    p.add_argument("--add_layers", type=cli.NON_NEGATIVE, default=2, help="dense extra layers appended; 0 = spout only")
     cli.add_training_flags(p, default_learning_rate=1e-4)
     cli.add_tokenizer_flags(p)
     cli.add_mesh_flags(p)

@@ -21,18 +21,18 @@ def build_parser():
     p.add_argument("--prefix", default="", help="text placed in the bidirectional prefix before the segmenter")
     p.add_argument("--context_file", default=None,
                    help="one prompt per line, or JSONL with context/prefix/spout per line; '-' = stdin")
-    p.add_argument("--top_k", type=int, default=120, help="sample from the k most likely tokens; 0 = off, 1 = greedy")
-    p.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling threshold in (0, 1]")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (> 0)")
-    p.add_argument("--max_generate", type=int, default=300, help="maximum new tokens per sequence")
-    p.add_argument("--num_generate", type=int, default=1,
+    p.add_argument("--top_k", type=cli.NON_NEGATIVE, default=120, help="sample from the k most likely tokens; 0 = off, 1 = greedy")
+    p.add_argument("--top_p", type=cli.number(float, 0.0, 1.0, above=True), default=1.0, help="nucleus sampling threshold in (0, 1]")
+    p.add_argument("--temperature", type=cli.RATE, default=1.0, help="softmax temperature (> 0)")
+    p.add_argument("--max_generate", type=cli.COUNT, default=300, help="maximum new tokens per sequence")
+    p.add_argument("--num_generate", type=cli.COUNT, default=1,
                    help="sequences per prompt (with --beam_width: the best N finished beams)")
-    p.add_argument("--beam_width", type=int, default=1, help="> 1: deterministic beam search of this width")
-    p.add_argument("--batch_size", type=int, default=8, help="sequences decoded together")
+    p.add_argument("--beam_width", type=cli.COUNT, default=1, help="> 1: deterministic beam search of this width")
+    p.add_argument("--batch_size", type=cli.COUNT, default=8, help="sequences decoded together")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable); not included in the text")
     p.add_argument("--spout", default="none",
                    help="spout input: none, uniform, zeros, a class index (one-hot) or a .npy vector file")
-    p.add_argument("--seed", type=int, default=None, help="random seed: the same seed gives the same output")
+    p.add_argument("--seed", type=cli.NON_NEGATIVE, default=None, help="random seed: the same seed gives the same output")
     p.add_argument("--output", default=None, help="JSONL file, one object per generated sequence")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     p.add_argument("--no_stream", action="store_true", help="do not stream text to stdout as it is produced")
@@ -42,15 +42,6 @@ def build_parser():
 
 
 def check_flags(args) -> None:
-    if not 0 < args.top_p <= 1:
-        raise cli.UserError(f"--top_p must be in (0, 1], got {args.top_p}")
-    if not args.temperature > 0:
-        raise cli.UserError(f"--temperature must be > 0, got {args.temperature}")
-    for name in ("max_generate", "num_generate", "beam_width", "batch_size"):
-        if getattr(args, name) < 1:
-            raise cli.UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    if args.top_k < 0:
-        raise cli.UserError(f"--top_k must be >= 0, got {args.top_k}")
     if args.beam_width > 1 and args.num_generate > args.beam_width:
         raise cli.UserError(f"--num_generate {args.num_generate} exceeds --beam_width {args.beam_width}")
 
@@ -115,6 +106,8 @@ def main(args) -> None:
         raise cli.UserError(str(error)) from None
     runtime = Runtime(config, mesh)
     width = args.beam_width if args.beam_width > 1 else min(args.batch_size, len(jobs))
+    if args.beam_width == 1:   # idle rows fill the batch up to a multiple of the mesh's batch axis
+        width = -(-width // mesh.batch_split) * mesh.batch_split
     generator = generation.Generator(runtime, width, max(len(p.tokens(0, 0)) for _, p in jobs), with_spout)
     runtime.restore(model_dir.checkpoint)
     generator.warm_up()

@@ -21,7 +21,7 @@ def build_parser():
     p.add_argument("--input_file", default=None,
                    help="batch mode: one text, or one JSON object with 'context' (other keys are echoed), "
                         "per line; writes JSONL to --output")
-    p.add_argument("--batch_size", type=int, default=16, help="texts per forward pass in batch mode")
+    p.add_argument("--batch_size", type=cli.COUNT, default=16, help="texts per forward pass in batch mode")
     p.add_argument("--output", default=None, help="JSON (or JSONL in batch mode) output file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     cli.add_tokenizer_flags(p)
@@ -38,8 +38,6 @@ def main(args) -> None:
 
     if args.input_file and not args.output:
         raise cli.UserError("batch mode (--input_file) needs --output for the JSONL results")
-    if args.batch_size < 1:
-        raise cli.UserError(f"--batch_size must be at least 1, got {args.batch_size}")
     if args.output:
         files.check_new_output(args.output, args.overwrite)
     model_dir = open_model_dir(args.model)

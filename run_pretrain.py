@@ -36,7 +36,8 @@ def build_parser():
 
 
 def model_parameters(args):
-    """The model directory's parameters; on the first run, --parameter_file copied in (with the tokenizer)."""
+    """The model directory's parameters, and whether this first run must create the directory from
+    --parameter_file (done only once every input is checked, see ``create_model_dir``)."""
     from modeling import config as params  # noqa: PLC0415
     from modeling import runtime  # noqa: PLC0415
     from modeling.mtf_compat import tf  # noqa: PLC0415
@@ -50,13 +51,20 @@ def model_parameters(args):
         if given and given.model != existing.model:
             raise cli.UserError(f"--parameter_file {args.parameter_file} describes a different model than {own}: "
                                 f"use a new --model_dir, or drop --parameter_file to resume")
-        return existing
+        return existing, False
     if given is None:
         raise cli.UserError(f"{args.model_dir} has no parameters.json: the first run needs --parameter_file")
-    tf.io.gfile.makedirs(args.model_dir)
-    runtime.install_tokenizer(args.model_dir, given.model, args.vocabulary, args.emoji)
-    params.write_parameters(own, given)
-    return given
+    return given, True
+
+
+def create_model_dir(args, parameters):
+    """The first run's model directory: the tokenizer (checked first) and parameters.json."""
+    from modeling import config as params  # noqa: PLC0415
+    from modeling import runtime  # noqa: PLC0415
+
+    runtime.install_tokenizer(args.model_dir, parameters.model, args.vocabulary, args.emoji)
+    params.write_parameters(os.path.join(args.model_dir, runtime.PARAMETERS_FILE), parameters)
+    return parameters, frozenset()
 
 
 def export(args) -> None:
@@ -93,7 +101,9 @@ def main(args) -> None:
         return export(args)
     from modeling.loop import run_from_args  # noqa: PLC0415
 
-    run_from_args(args, args.model_dir, model_parameters(args))
+    parameters, new = model_parameters(args)
+    run_from_args(args, args.model_dir, parameters,
+                  (lambda: create_model_dir(args, parameters)) if new else None)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ folded back before each save.
 
 from __future__ import annotations
 
+from modeling.cli import UserError
 from modeling.mtf_compat import tf
 
 
@@ -29,10 +30,25 @@ def save(session: tf.Session, saver: tf.train.Saver, prefix: str, to_masters: tf
     return saver.save(session, prefix, global_step=global_step, write_meta_graph=False)
 
 
+READ_ERRORS = (tf.errors.OpError, IndexError)   # what TF raises for a truncated or damaged data file
+
+
+def unreadable(path: str, error: Exception) -> UserError:
+    """The one-line error for a checkpoint whose data cannot be read (interrupted copy, full disk)."""
+    lines = [line.strip() for line in getattr(error, "message", str(error)).splitlines() if line.strip()]
+    nodes = [i for i, line in enumerate(lines) if line.startswith("Node:")]
+    reason = lines[nodes[-1] + 1] if nodes and nodes[-1] + 1 < len(lines) else lines[0] if lines else type(error).__name__
+    return UserError(f"checkpoint {path} cannot be read ({reason[:160]}): its data file is truncated or damaged; "
+                     "copy or download it again")
+
+
 def restore(session: tf.Session, saver: tf.train.Saver, path: str, to_slices) -> None:
     """Load the masters from ``path`` and lay them out over the mesh (``to_slices``: the lowerings'
     ``copy_masters_to_slices()`` ops)."""
-    saver.restore(session, path)
+    try:
+        saver.restore(session, path)
+    except READ_ERRORS as error:
+        raise unreadable(path, error) from None
     session.run(to_slices)
 
 

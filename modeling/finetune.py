@@ -128,7 +128,10 @@ def prepare(base: runtime.ModelDir, output: str, add_layers: int, vocabulary: st
     reader = runtime.checkpoint_reader(base.checkpoint)   # a TF checkpoint or a hub directory
     base_names = sorted(n for n in reader.get_variable_to_shape_map() if checkpoint.is_model_variable(n))
     rng = np.random.default_rng(seed)
-    new_shapes = created_variables(base.config, config, reader, base.path)
+    try:
+        new_shapes = created_variables(base.config, config, reader, base.path)
+    except checkpoint.READ_ERRORS as error:
+        raise checkpoint.unreadable(base.checkpoint, error) from None
     copied = [n for n in base_names if n not in new_shapes]
 
     def tensors():
@@ -145,7 +148,11 @@ def prepare(base: runtime.ModelDir, output: str, add_layers: int, vocabulary: st
         yield "global_step", np.int64(0)
 
     tf.io.gfile.makedirs(staging)
-    checkpoint.write_checkpoint(os.path.join(staging, "model.ckpt-0"), tensors())
+    try:
+        checkpoint.write_checkpoint(os.path.join(staging, "model.ckpt-0"), tensors())
+    except checkpoint.READ_ERRORS as error:
+        tf.io.gfile.rmtree(staging)
+        raise checkpoint.unreadable(base.checkpoint, error) from None
     checkpoint.write_checkpoint_state(staging, ["model.ckpt-0"])
     # the spout MLP stays fixed: training it saturates its tanh layers into one output for every class
     frozen = sorted({n for n in copied if not n.startswith("pasts/")} | set(spout_mlp_names(config)))

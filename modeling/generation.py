@@ -378,8 +378,14 @@ def spout_vector(value: str, width: int, rng: np.random.Generator, where: str = 
     if value.endswith(".npy"):
         if not tf.io.gfile.exists(value):
             raise UserError(f"{where} {value} not found")
-        with tf.io.gfile.GFile(value, "rb") as f:
-            vector = np.load(f)
+        try:
+            with tf.io.gfile.GFile(value, "rb") as f:
+                vector = np.load(f, allow_pickle=False)   # never unpickle a user's file
+        except (ValueError, OSError, EOFError) as error:
+            raise UserError(f"{where} {value} is not a numpy array file ({error}): save a float vector of "
+                            f"{width} values with numpy.save") from None
+        if not isinstance(vector, np.ndarray) or not np.issubdtype(vector.dtype, np.number):
+            raise UserError(f"{where} {value} does not hold a numeric array: save a float vector of {width} values")
         if vector.shape != (width,):
             raise UserError(f"{where} {value} has shape {list(vector.shape)}, expected [{width}]")
         return vector.astype(np.float32)

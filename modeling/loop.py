@@ -17,6 +17,7 @@ import sys
 import time
 
 import numpy as np
+from google.protobuf import message
 
 from modeling.cli import UserError
 from modeling import checkpoint
@@ -228,7 +229,11 @@ def train(directory: str, g: TrainGraph, session_config: tf.ConfigProto, master:
             bar = tqdm(total=loop.max_steps, initial=step, unit="step", disable=not progress, dynamic_ncols=True)
             last_saved, started, steps_timed, collapsed = step, time.perf_counter(), 0, False
             while step < loop.max_steps and stop.signal is None:
-                _, metrics = session.run([g.train_op, g.metrics])
+                try:
+                    _, metrics = session.run([g.train_op, g.metrics])
+                except tf.errors.DataLossError as error:
+                    raise UserError(f"a training record is corrupt ({error.message.splitlines()[0]}): rebuild the "
+                                    f"records; the last checkpoint (step {last_saved}) is kept") from None
                 step += 1
                 steps_timed += 1
                 if not np.isfinite(metrics["loss"]) and "loss_scale" not in metrics:
@@ -264,10 +269,11 @@ def train(directory: str, g: TrainGraph, session_config: tf.ConfigProto, master:
 
 
 def expand_files(patterns: list[str], flag: str) -> list[str]:
-    """Files matching ``patterns`` (local or gs:// globs), in a stable order; errors name the pattern."""
+    """Files matching ``patterns`` (local or gs:// globs, or records directories: the shards their
+    records.json lists), in a stable order; errors name the pattern."""
     files = []
     for pattern in patterns:
-        matched = sorted(tf.io.gfile.glob(pattern))
+        matched = records_dir_shards(pattern, flag) if tf.io.gfile.isdir(pattern) else sorted(tf.io.gfile.glob(pattern))
         if not matched:
             raise UserError(f"{flag} {pattern} matches no file")
         for name in matched:
@@ -277,11 +283,34 @@ def expand_files(patterns: list[str], flag: str) -> list[str]:
     return files
 
 
+def records_dir_shards(directory: str, flag: str) -> list[str]:
+    """The shards of a records directory made by 'encode_swe.py records', as its records.json lists them."""
+    summary = os.path.join(directory, SUMMARY_FILE)
+    if not tf.io.gfile.exists(summary):
+        raise UserError(f"{flag} {directory} is a directory without {SUMMARY_FILE}: pass a records directory "
+                        f"made by 'encode_swe.py records', or a glob such as '{directory}/*.tfrecord'")
+    try:
+        with tf.io.gfile.GFile(summary, "r") as f:
+            shards = [os.path.join(directory, shard["file"]) for shard in json.load(f)["shards"]]
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{flag}: {summary} is not a records summary (no 'shards' list); rebuild the records") from None
+    missing = [name for name in shards if not tf.io.gfile.exists(name)]
+    if missing:
+        raise UserError(f"{flag}: {missing[0]}, listed in {summary}, is missing; rebuild the records")
+    return shards
+
+
 def check_record_length(files: list[str], num_contexts: int, flag: str) -> None:
     """The records' length: the same in every file, at most the model's num_contexts."""
     from modeling.training import record_length  # noqa: PLC0415
 
-    lengths = {name: record_length(name) for name in files}
+    lengths = {}
+    for name in files:
+        try:
+            lengths[name] = record_length(name)
+        except (tf.errors.OpError, message.DecodeError):
+            raise UserError(f"{flag}: {name} is not a file of training records (or is corrupt): pass the records "
+                            f"directory or a '*.tfrecord' glob, or rebuild it with 'encode_swe.py records'") from None
     for name, length in lengths.items():
         if not length:
             raise UserError(f"{flag}: {name} holds no records; remove it or rebuild the records")

@@ -94,6 +94,7 @@ def install_tokenizer(directory: str, config: ModelConfig, vocabulary: str | Non
     """Copy the (checked) vocabulary and emoji table into a new model directory, so it is self-contained."""
     vocabulary, emoji = tokenizer_files(directory, vocabulary, emoji)
     _checked_tokenizer(vocabulary, emoji, config)
+    tf.io.gfile.makedirs(directory)
     for source, name in ((vocabulary, VOCABULARY_FILE), (emoji, EMOJI_FILE)):
         target = os.path.join(directory, name)
         if source != target:

@@ -104,10 +104,9 @@ def test_spout_only_and_bad_input(setup, tmp_path):
     assert {n[:-len("/adam_m")] for n in tuned if n.endswith("/adam_m")} == {"pasts/out/kernel"}
     with pytest.raises(UserError, match="not of this base"):
         finetune(setup, tmp_path / "spout", "--add_layers", "1", "--max_steps", "3")
-    with pytest.raises(UserError, match="--add_layers must be >= 0"):
-        finetune(setup, tmp_path / "neg", "--add_layers", "-1")
-    with pytest.raises(UserError, match="--batch_size must be at least 1"):   # flags are checked first
-        finetune(setup, tmp_path / "zero", "--batch_size", "0")
+    for flag, value in (("--add_layers", "-1"), ("--batch_size", "0")):   # refused by the flag parser
+        with pytest.raises(SystemExit):
+            finetune(setup, tmp_path / "zero", flag, value)
     assert not (tmp_path / "zero").exists()
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "file.txt").write_text("mine")
