@@ -40,19 +40,46 @@ echo "== 7. fill [MASK] and export per-layer vectors"
 "$PYTHON" run_languagemodel.py --model "$WORK/release" --context "今日は[MASK]を買いました。" \
     --output "$WORK/mask.json" --overwrite
 
-echo "== 8. class-controlled fine-tuning: the corpus's five styles (classes.csv), one-hot spout, 2 added layers"
-"$PYTHON" encode_swe.py records --input examples/corpus/classes.csv --output "$WORK/class-records" --mode lm \
-    --num_context 128 --num_shards 1 --overwrite
-"$PYTHON" run_finetune.py --base_model "$WORK/release" --output "$WORK/styles" --add_layers 2 \
-    --input_files "$WORK/class-records/*.tfrecord" --spout_vector onehot --batch_size 8 --max_steps 150 \
-    --learning_rate 2e-3 --warmup_steps 10 --save_every 150
-
-echo "== 9. generate in style 2 (recipes) and style 3 (dialogue)"
-echo "   (a model trained for a few minutes writes mostly noise: this shows the path; tests/test_finetune.py"
-echo "    measures class control on a task a tiny model can learn)"
-for style in 2 3; do
-    "$PYTHON" run_generate.py --model "$WORK/styles" --spout "$style" --max_generate 40 --top_p 0.9 --seed 1 \
-        --output "$WORK/style$style.jsonl" --overwrite
+echo "== 8. class control: two classes of short sentences, each ending in its own word (さくら / もみじ);"
+echo "   a tiny base pretrained on them with a uniform spout, then one-hot fine-tuning with 2 added layers"
+for word in さくら もみじ; do
+    for round in 1 2 3 4 5 6 7 8; do
+        for sentence in 今日は晴れ 明日は雨 駅まで歩く お茶を飲む 本を読む 猫が寝る 空が青い 道が長い; do
+            printf '%s、%s。\n\n' "$sentence" "$word"
+        done
+    done > "$WORK/class-$word.txt"
 done
+printf 'filename,fileid\nclass-さくら.txt,0\nclass-もみじ.txt,1\n' > "$WORK/classes.csv"
+"$PYTHON" encode_swe.py records --input "$WORK/classes.csv" --output "$WORK/class-records" --mode lm \
+    --num_context 32 --num_shards 1 --overwrite
+cat > "$WORK/class-tiny.json" <<'JSON'
+{"model_params": {"num_contexts": 32, "num_switch_layers": 2, "num_ext_layers": 0, "num_hidden": 32,
+                  "num_header": 4, "num_experts": 4, "num_pallarelizm": 1, "num_vocabulary": 36000,
+                  "train_mode": "hybrid", "num_spout": 8}}
+JSON
+"$PYTHON" run_pretrain.py --parameter_file "$WORK/class-tiny.json" --model_dir "$WORK/class-base" \
+    --input_files "$WORK/class-records" --spout_vector uniform --batch_size 4 --learning_rate 1e-2 \
+    --warmup_steps 10 --max_steps 200 --no_progress
+"$PYTHON" run_finetune.py --base_model "$WORK/class-base" --output "$WORK/classes" --add_layers 2 \
+    --input_files "$WORK/class-records" --spout_vector onehot --batch_size 8 --learning_rate 3e-3 \
+    --warmup_steps 20 --max_steps 600 --no_progress
+
+echo "== 9. the same prompts and seed with --spout 0 and --spout 1, side by side"
+for k in 0 1; do
+    for prompt in 今日は晴れ、 本を読む、; do
+        "$PYTHON" run_generate.py --model "$WORK/classes" --spout "$k" --context "$prompt" --num_generate 3 \
+            --max_generate 8 --seed 1 --no_stream
+    done | grep '^====' | sed 's/^====\[[a-z_]*\] //' > "$WORK/class$k.txt"
+done
+"$PYTHON" - "$WORK" <<'PY'
+import sys, unicodedata
+def pad(text, width=28):   # display width: full-width characters count 2
+    used = sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+    return text + " " * max(width - used, 0)
+columns = [open(f"{sys.argv[1]}/class{k}.txt", encoding="utf-8").read().split("\n")[:6] for k in (0, 1)]
+print(pad("--spout 0") + "| --spout 1")
+for left, right in zip(*columns):
+    print(pad(left) + "| " + right)
+PY
 
 echo "quick start finished: records, models and outputs are in $WORK."

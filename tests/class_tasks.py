@@ -45,8 +45,8 @@ class Task:
 TASKS = (
     # the marker ends a short sentence
     Task("suffix", ("さくら", "もみじ"), "{s}、{m}。", ("今日は晴れ、", "本を読む、"), 32),
-    # the marker opens a longer, two-sentence document, asked for from an empty prompt
-    Task("prefix", ("ところで", "ちなみに"), "{m}、{s}。{t}。", ("",), 48),
+    # the marker opens the second sentence of a longer document
+    Task("middle", ("ところで", "ちなみに"), "{s}。{m}、{t}。", ("今日は晴れ。", "本を読む。"), 48),
 )
 
 
@@ -80,7 +80,8 @@ def pretrain_base(task: Task, records: Path, root: Path, kind: str) -> Path:
         reader = tf.train.load_checkpoint(prefix)
         rng = np.random.default_rng(0)
         tensors = [(n, 0.01 * rng.standard_normal(s).astype(np.float32) if n.startswith("pasts/mlp")
-                    else reader.get_tensor(n)) for n, s in reader.get_variable_to_shape_map().items()]
+                    else reader.get_tensor(n)) for n, s in sorted(reader.get_variable_to_shape_map().items())
+                   if checkpoint.is_model_variable(n) or n == "global_step"]   # weights only, as a release
         checkpoint.write_checkpoint(prefix, tensors)
     return base
 
@@ -142,5 +143,6 @@ def run_matrix(root: Path, tasks=TASKS, bases=("release", "uniform", "none")) ->
 
 if __name__ == "__main__":
     sys.path[:0] = [str(REPO)]
-    print(run_matrix(Path(sys.argv[1])))
+    chosen = [t for t in TASKS if t.name in sys.argv[2:]] or TASKS
+    print(run_matrix(Path(sys.argv[1]), chosen))
     os._exit(0)
