@@ -27,7 +27,8 @@ def main(args) -> None:
 
     base = runtime.open_model_dir(args.base_model)   # the flags are checked against it before --output is made
     run_from_args(args, args.output, base.parameters, lambda: finetune.prepare(
-        base, args.output, args.add_layers, args.vocabulary, args.emoji, args.seed, not args.no_progress))
+        base, args.output, args.add_layers, args.vocabulary, args.emoji, args.seed, not args.no_progress,
+        spout=args.spout_vector != "none"))
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ def created_variables(base: ModelConfig, config: ModelConfig, reader: tf.train.C
     if config.num_spout and (config.num_layers > base.num_layers or "pasts/out/kernel" not in stored):
         shapes["pasts/out/kernel"] = (config.num_spout, config.num_layers * 2 * config.num_hidden)
     mlp = spout_mlp_names(config)
-    if mlp and not all(name in stored for name in mlp):
+    if mlp and not has_spout_weights(config, reader):
         print(f"note: {base_dir} has no spout weights (pretrained without --spout_vector); the spout is created "
               "fresh", file=sys.stderr)
     elif mlp and spout_separation([reader.get_tensor(n) for n in mlp]) < SEPARATED:
@@ -90,6 +90,17 @@ def created_variables(base: ModelConfig, config: ModelConfig, reader: tf.train.C
         return shapes
     shapes.update({name: (config.num_spout, config.num_spout) for name in mlp})
     return shapes
+
+
+def has_spout_weights(config: ModelConfig, reader: tf.train.CheckpointReader) -> bool:
+    return all(name in reader.get_variable_to_shape_map() for name in spout_mlp_names(config))
+
+
+def shifted_positions(table: np.ndarray) -> np.ndarray:
+    """A [positions, d] embedding one place up (row p + 1 = row p). A spout takes position 0, so a
+    token sits one position later than in pretraining without one; this way the frozen layers still
+    see each token with the embedding they were trained with."""
+    return np.concatenate([table[:1], table[:-1]])
 
 
 def frozen_names(directory: str) -> frozenset[str]:
@@ -103,9 +114,10 @@ class Prepared(NamedTuple):
 
 
 def prepare(base: runtime.ModelDir, output: str, add_layers: int, vocabulary: str | None, emoji: str | None,
-            seed: int, progress: bool = True) -> Prepared:
+            seed: int, progress: bool = True, spout: bool = False) -> Prepared:
     """The fine-tuning directory ``output`` for the (opened) base model: created on the first run,
-    checked after."""
+    checked after. ``spout``: the fine-tuning feeds a spout (then a base without spout weights gets its
+    position embeddings moved, see ``shifted_positions``)."""
     if add_layers < 0:
         raise UserError(f"--add_layers must be >= 0, got {add_layers}")
     marker = {"base_model": base.path, "base_checkpoint": os.path.basename(base.checkpoint), "add_layers": add_layers}
@@ -133,6 +145,9 @@ def prepare(base: runtime.ModelDir, output: str, add_layers: int, vocabulary: st
     except checkpoint.READ_ERRORS as error:
         raise checkpoint.unreadable(base.checkpoint, error) from None
     copied = [n for n in base_names if n not in new_shapes]
+    moved = {"model/wpe", "model/ete"} if spout and config.num_spout and not has_spout_weights(config, reader) else set()
+    if moved:
+        print("note: the position embeddings move one place up, where the spout puts the tokens", file=sys.stderr)
 
     def tensors():
         from tqdm import tqdm  # noqa: PLC0415
@@ -140,7 +155,8 @@ def prepare(base: runtime.ModelDir, output: str, add_layers: int, vocabulary: st
         with tqdm(total=len(copied) + len(new_shapes), desc=f"preparing {output}", unit="var",
                   disable=not progress, dynamic_ncols=True) as bar:
             for name in copied:
-                yield name, reader.get_tensor(name)
+                value = reader.get_tensor(name)
+                yield name, shifted_positions(value) if name in moved else value
                 bar.update(1)
             for name, shape in new_shapes.items():
                 yield name, initial_value(name, shape, rng)

@@ -236,7 +236,7 @@ def test_class_spouts_stay_apart_under_a_high_learning_rate(tmp_path):
 
 def test_spout_created_for_a_base_pretrained_without_one(setup, tmp_path, capsys):
     """A base pretrained without --spout_vector has no pasts/* weights: the spout is created fresh (and
-    said so), its MLP frozen and its projection trained."""
+    said so), its MLP frozen and its projection trained, and the position embeddings move one place up."""
     import run_pretrain
     (tmp_path / "params.json").write_text(json.dumps({"model_params": BASE}))
     run_pretrain.main(run_pretrain.build_parser().parse_args(
@@ -246,7 +246,9 @@ def test_spout_created_for_a_base_pretrained_without_one(setup, tmp_path, capsys
     finetune(setup, tmp_path / "ft", "--base_model", str(tmp_path / "pre"), "--add_layers", "1", "--max_steps", "3",
              "--spout_vector", "onehot")
     assert "has no spout weights" in capsys.readouterr().err
-    tuned = checkpoint(tmp_path / "ft")
+    tuned, base = checkpoint(tmp_path / "ft"), checkpoint(tmp_path / "pre")
+    # the spout takes position 0: every token keeps the position embedding it was pretrained with
+    np.testing.assert_array_equal(tuned["model/wpe"][1:], base["model/wpe"][:-1])
     frozen = set(json.load(open(tmp_path / "ft" / "ignore-params.json")))
     assert {f"pasts/mlp{k}/kernel" for k in range(8)} <= frozen and "pasts/out/kernel" not in frozen
     assert "pasts/out/kernel/adam_m" in tuned and "pasts/mlp0/kernel/adam_m" not in tuned
