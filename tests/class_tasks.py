@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -139,10 +138,3 @@ def run_matrix(root: Path, tasks=TASKS, bases=("release", "uniform", "none")) ->
             model = finetune(base, records, root / task.name / f"ft-{kind}")
             results[(task.name, kind)] = marker_rates(task, model)
     return results
-
-
-if __name__ == "__main__":
-    sys.path[:0] = [str(REPO)]
-    chosen = [t for t in TASKS if t.name in sys.argv[2:]] or TASKS
-    print(run_matrix(Path(sys.argv[1]), chosen))
-    os._exit(0)
