@@ -52,14 +52,21 @@ done
 printf 'filename,fileid\nclass-さくら.txt,0\nclass-もみじ.txt,1\n' > "$WORK/classes.csv"
 "$PYTHON" encode_swe.py records --input "$WORK/classes.csv" --output "$WORK/class-records" --mode lm \
     --num_context 32 --num_shards 1 --overwrite
+"$PYTHON" encode_swe.py records --input "$WORK/classes.csv" --output "$WORK/class-hybrid" --mode hybrid \
+    --hybrid_rate 0.5 --num_context 32 --num_shards 1 --overwrite
 cat > "$WORK/class-tiny.json" <<'JSON'
 {"model_params": {"num_contexts": 32, "num_switch_layers": 2, "num_ext_layers": 0, "num_hidden": 32,
                   "num_header": 4, "num_experts": 4, "num_pallarelizm": 1, "num_vocabulary": 36000,
                   "train_mode": "hybrid", "num_spout": 8}}
 JSON
 "$PYTHON" run_pretrain.py --parameter_file "$WORK/class-tiny.json" --model_dir "$WORK/class-base" \
-    --input_files "$WORK/class-records" --spout_vector uniform --batch_size 4 --learning_rate 1e-2 \
-    --warmup_steps 10 --max_steps 200 --no_progress
+    --input_files "$WORK/class-records" "$WORK/class-hybrid" --spout_vector uniform --batch_size 4 \
+    --learning_rate 1e-2 --warmup_steps 10 --max_steps 200 --no_progress
+echo "   [MASK] filled by the base, on text it has learned:"
+"$PYTHON" run_languagemodel.py --model "$WORK/class-base" --context "今日は晴れ、[MASK]。" \
+    --output "$WORK/class-mask.json" --overwrite > /dev/null
+"$PYTHON" -c "import json, sys; print('   今日は晴れ、[MASK]。 ->', json.load(open(sys.argv[1]))['output_text'])" \
+    "$WORK/class-mask.json"
 "$PYTHON" run_finetune.py --base_model "$WORK/class-base" --output "$WORK/classes" --add_layers 2 \
     --input_files "$WORK/class-records" --spout_vector onehot --batch_size 8 --learning_rate 3e-3 \
     --warmup_steps 20 --max_steps 600 --no_progress
