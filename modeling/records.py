@@ -63,7 +63,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
-from encode_swe import DEFAULT_EMOJI, DEFAULT_VOCABULARY, SWEEncoder, TokenizerError, decode_utf8
+from modeling.tokenizer import DEFAULT_EMOJI, DEFAULT_VOCABULARY, SWEEncoder, TokenizerError, decode_utf8
 
 MODES = ("lm", "mlm", "hybrid")
 DEFAULT_NUM_CONTEXT = 1280

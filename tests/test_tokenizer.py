@@ -1,4 +1,4 @@
-"""encode_swe.SWEEncoder gives exactly the original's ids and text (compared with the in-test reference)."""
+"""modeling.tokenizer.SWEEncoder gives exactly the original's ids and text (compared with the in-test reference)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-import encode_swe
-from encode_swe import SPECIAL_TAIL, SWEEncoder, TokenizerError
+from modeling import tokenizer
+from modeling.tokenizer import SPECIAL_TAIL, SWEEncoder, TokenizerError
 from test_tokenizer_reference import WORKED_EXAMPLES, ReferenceSWE, read_reference_files, reference_encoder  # noqa: F401
 
 
@@ -23,7 +23,7 @@ def tiny(body: list[str], emoji: dict[str, str] | None = None) -> tuple[SWEEncod
     """Our encoder and the reference on a hand-made vocabulary `body` + the original special tail."""
     lines = body + list(SPECIAL_TAIL)
     table = {"emoji": emoji or {"😀": "<|emoji1|>"},
-             "emoji_inv": {tag: f"E{n}" for n, tag in enumerate(encode_swe.EMOJI_TAGS, start=1)}}
+             "emoji_inv": {tag: f"E{n}" for n, tag in enumerate(tokenizer.EMOJI_TAGS, start=1)}}
     return SWEEncoder(lines, table), ReferenceSWE(lines, table)
 
 
@@ -233,7 +233,7 @@ def test_other_original_vocabularies(vocabulary):
 ])
 def test_malformed_vocabulary_text(text, message):
     with pytest.raises(TokenizerError, match=message):
-        encode_swe.parse_vocabulary(text)
+        tokenizer.parse_vocabulary(text)
 
 
 @pytest.mark.parametrize("lines,message", [
@@ -242,11 +242,11 @@ def test_malformed_vocabulary_text(text, message):
 ])
 def test_bad_special_tail(lines, message):
     with pytest.raises(TokenizerError, match=message):
-        SWEEncoder(lines, {"emoji": {}, "emoji_inv": {t: "x" for t in encode_swe.EMOJI_TAGS}})
+        SWEEncoder(lines, {"emoji": {}, "emoji_inv": {t: "x" for t in tokenizer.EMOJI_TAGS}})
 
 
 @pytest.mark.parametrize("table", [[], {"emoji": {}}, {"emoji": {"x": 1}, "emoji_inv": {}},
                                    {"emoji": {"x": "<|emoji1|>"}, "emoji_inv": {}}])
 def test_bad_emoji_table(table):
     with pytest.raises(TokenizerError):
-        encode_swe.parse_emoji_table(table)
+        tokenizer.parse_emoji_table(table)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from encode_swe import PRICE_RE, clean_text
+from modeling.tokenizer import PRICE_RE, clean_text
 from test_tokenizer_reference import ORIGINAL_PRICE
 
 PRICE_ALPHABET = list("0123456789１０,,,億万千円円ドルユーロ(税込抜)+taxx") + ["ドル", "ユーロ", "(税込)", "+tax", "千円"]
