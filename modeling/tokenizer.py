@@ -24,8 +24,11 @@ import collections
 import json
 import os
 import re
+import string
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
+
+from modeling.tokenizer_arrays import TEXT_SEPARATOR, ArrayTokenizer
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 DEFAULT_VOCABULARY = REPO_DIR / "ja-swe36k.txt"
@@ -62,7 +65,11 @@ BYTE_TAG_RE = re.compile(r"<\|byte(\d{1,3})\|>")
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
 _BYTE_RUN_RE = re.compile("[\udc00-\udd00]+")   # byte tokens (U+DC00 + byte) and empty pieces while decoding
 _EMPTY_PIECE = "\udd00"                         # keeps byte runs apart across a token that decodes to ""
-_WINDOW_CACHE_LIMIT = 2_000_000
+_WINDOW_CACHE_LIMIT = 1_000_000
+_LONG_TEXT = 5000          # emoji keys: a shorter text is checked character by character, a longer one by runs
+ARRAY_MIN_CHARS = 500       # shorter texts go through the Python loop (the arrays' fixed cost is about 50 µs)
+_PLACEHOLDER_PLANE = 0xF0000   # private use: while tokenizing, each tag stands as one character of this plane
+_RESERVED_RE = re.compile("([\U000f0000-\U0010ffff])")   # the placeholders and TEXT_SEPARATOR
 
 
 class TokenizerError(ValueError):
@@ -73,7 +80,8 @@ class TokenizerError(ValueError):
 # clean_text (spec §5.3): the regular expressions of the original, except PRICE, which is rewritten so that
 # it cannot backtrack exponentially on long digit runs while matching exactly the same spans (see
 # _price_pattern and the property test in tests/test_tokenizer_clean.py).  The leading lookaheads only state
-# which character a match starts with, so the scan skips other positions quickly.
+# which character a match starts with, so the scan skips other positions quickly.  E-mail addresses and
+# prices are only looked for around an '@' or a currency unit (_sub_near).
 # ----------------------------------------------------------------------------------------------------------
 _WEEKDAY_SUFFIX = r"(?:\d{1,2}|:|\d{1,2}時|\d{1,2}分|\(日\)|\(月\)|\(火\)|\(水\)|\(木\)|\(金\)|\(土\)|㈰|㈪|㈫|㈬|㈭|㈮|㈯)*"
 _MONTH = r"(?:0?[1-9]|1[0-2])"
@@ -111,19 +119,39 @@ def _price_pattern() -> re.Pattern:
 
 
 PRICE_RE = _price_pattern()
+# What an e-mail address or a price can consume, and what each must contain: the runs _sub_near works on.
+_EMAIL_RUN, _EMAIL_ANCHOR = re.compile(r"[-A-Za-z0-9._+@]*"), re.compile("@")
+_PRICE_RUN, _PRICE_ANCHOR = re.compile(r"[\d,億万千円ドルユーロ(税込抜)+tax]*"), re.compile("円|ドル|ユーロ")
+
+
+def _sub_near(pattern: re.Pattern, tag: str, text: str, anchor: re.Pattern, run: re.Pattern) -> str:
+    """``pattern.sub(tag, text)``, computed only on the maximal runs of `run` characters around an `anchor`.
+
+    Exact when every match contains an anchor, consists of `run` characters and looks at nothing outside
+    them: then no match lies elsewhere, and each run is scanned as it would be within the whole text.
+    """
+    pieces, done = [], 0
+    for found in anchor.finditer(text):
+        if found.start() < done:
+            continue
+        start = found.start()
+        while start > done and run.fullmatch(text, start - 1, start):
+            start -= 1
+        end = run.match(text, found.end()).end()
+        pieces += (text[done:start], pattern.sub(tag, text[start:end]))
+        done = end
+    return "".join(pieces) + text[done:] if pieces else text
 
 
 def clean_text(text: str) -> str:
     """Replace URLs, e-mail addresses, phone numbers, dates, prices and box drawing by tags (spec §5.3)."""
     if "://" in text:
         text = URL_RE.sub("<URL>", text)
-    if "@" in text:
-        text = EMAIL_RE.sub("<EMAIL>", text)
+    text = _sub_near(EMAIL_RE, "<EMAIL>", text, _EMAIL_ANCHOR, _EMAIL_RUN)
     text = TEL_RE.sub("<TEL>", text)
     text = DATE_RE.sub("<DATE>", text)
     text = ERA_DATE_RE.sub("<DATE>", text)
-    if "円" in text or "ドル" in text or "ユーロ" in text:
-        text = PRICE_RE.sub("<PRICE>", text)
+    text = _sub_near(PRICE_RE, "<PRICE>", text, _PRICE_ANCHOR, _PRICE_RUN)
     if BLOCK_CHAR_RE.search(text):
         text = BLOCK_RUN_RE.sub("<BLOCK>", text.translate(BLOCK_TABLE))
     return text
@@ -242,22 +270,38 @@ def _creatable_keys(keys: Sequence[str], tags: Iterable[str]) -> frozenset[int]:
 
 
 class EmojiReplacer:
-    """Applies the emoji table exactly like the original loop over all keys, without scanning all keys."""
+    """Applies the emoji table exactly like the original loop over all keys, without scanning all keys.
+
+    Each key is indexed by its anchor, the character of the key least likely to be in a text (not common in
+    Japanese text if possible, then the one in fewest keys): a key is looked for only if its anchor occurs.
+    In a long text, keys made only of uncommon characters (most emoji) are looked for in the few distinct
+    runs of such characters rather than in the whole text.
+    """
 
     def __init__(self, emoji: Mapping[str, str]):
         self.items = list(emoji.items())
-        self.key_chars = [frozenset(key) for key, _tag in self.items]
-        self.by_first: dict[str, list[int]] = collections.defaultdict(list)
-        for index, (key, _tag) in enumerate(self.items):
-            self.by_first[key[0]].append(index)
-        self.first_chars = frozenset(self.by_first)
-        self.created_by_replacement = _creatable_keys([key for key, _ in self.items], emoji.values())
+        keys = [key for key, _tag in self.items]
+        shared = collections.Counter(char for key in keys for char in set(key))
+        self.by_anchor: dict[str, list[int]] = collections.defaultdict(list)
+        for index, key in enumerate(keys):
+            self.by_anchor[min(key, key=lambda char: (_commonness(char), shared[char], char))].append(index)
+        self.anchors = frozenset(self.by_anchor)
+        self.anchor_re = _one_of(self.anchors)
+        self.common_anchors = [anchor for anchor in self.by_anchor if _is_common(anchor)]
+        self.uncommon_only = [not any(map(_is_common, key)) for key in keys]
+        self.uncommon_runs = re.compile(_one_of(char for key in keys for char in key if not _is_common(char)).pattern
+                                        + "+")
+        self.created_by_replacement = _creatable_keys(keys, emoji.values())
 
     def keys_in(self, text: str) -> list[int]:
-        """Indices of the keys occurring in `text` (only keys whose characters all occur are searched)."""
-        chars = set(text)
-        return [index for char in self.first_chars.intersection(chars) for index in self.by_first[char]
-                if self.key_chars[index] <= chars and self.items[index][0] in text]
+        """Indices of the keys occurring in `text`."""
+        if len(text) < _LONG_TEXT:
+            anchors = self.anchors.intersection(self.anchor_re.findall(text))
+            return [index for anchor in anchors for index in self.by_anchor[anchor] if self.items[index][0] in text]
+        runs = "\n".join(set(self.uncommon_runs.findall(text)))
+        anchors = self.anchors.intersection(runs).union(anchor for anchor in self.common_anchors if anchor in text)
+        return [index for anchor in anchors for index in self.by_anchor[anchor]
+                if self.items[index][0] in (runs if self.uncommon_only[index] else text)]
 
     def __call__(self, text: str) -> str:
         present = self.keys_in(text)
@@ -270,14 +314,78 @@ class EmojiReplacer:
         return text
 
 
+def _one_of(chars: Iterable[str]) -> re.Pattern:
+    """A character class of `chars` and every astral character: a superset that matches fast (a bitmap and one
+    range; listing astral characters one by one would make each test slow)."""
+    bmp = "".join(sorted({re.escape(char) for char in chars if ord(char) <= 0xFFFF}))
+    return re.compile(f"[{bmp}\U00010000-\U0010ffff]")
+
+
+def _is_common(char: str) -> bool:
+    """ASCII, CJK punctuation, kana, kanji and full-width forms: frequent in Japanese text."""
+    return char.isascii() or "\u3000" <= char <= "\u30ff" or "\u4e00" <= char <= "\u9fff" \
+        or "\uff00" <= char <= "\uffef"
+
+
+_FREQUENT_ASCII = frozenset(string.ascii_letters + string.digits + " .,:-/()[]<>")   # "<>": the <SP>, <BR> tags
+
+
+def _commonness(char: str) -> int:
+    """How often a character is likely to occur in a text (0: rarely, 3: everywhere), for choosing anchors."""
+    if not _is_common(char):
+        return 0
+    if char.isascii():
+        return 3 if char in _FREQUENT_ASCII else 1
+    return 2
+
+
+def tag_pattern(tags: Iterable[str]) -> re.Pattern:
+    """Matches the longest of `tags` at a position (spec §5.5); written as a trie, so a miss costs one step."""
+    trie: dict = {}
+    for tag in tags:
+        node = trie
+        for char in tag:
+            node = node.setdefault(char, {})
+        node[""] = {}
+    return re.compile(_trie_pattern(trie) or "(?!)")
+
+
+def _trie_pattern(node: dict) -> str:
+    """Alternatives by next character; an optional group where a tag may also end (greedy: longest first)."""
+    branches = [re.escape(char) + _trie_pattern(child) for char, child in sorted(node.items()) if char]
+    if not branches:
+        return ""
+    body = branches[0] if len(branches) == 1 else f"(?:{'|'.join(branches)})"
+    return f"(?:{body})?" if "" in node else body
+
+
+def _placeholders_work(swe: Mapping[str, int], emoji_keys: Iterable[str]) -> bool:
+    """Whether tags may stand as one character each (and texts be joined by TEXT_SEPARATOR): every '<' of a
+    text must start a token (no surface has '<' after its first character), and the reserved characters
+    must occur in no surface and no emoji key."""
+    surfaces = "\n".join(swe)
+    return re.search("[^\n]<", surfaces) is None and not _RESERVED_RE.search(surfaces + "".join(emoji_keys))
+
+
+def _check_surrogates(text: str) -> None:
+    """A lone surrogate has no UTF-8 form, so the original fails on it; say where it is."""
+    where = _SURROGATE_RE.search(text)
+    if where:
+        raise TokenizerError(f"the text contains a lone surrogate U+{ord(where.group()):04X} at character "
+                             f"{where.start()}, which has no UTF-8 form; repair the text (e.g. decode it with "
+                             "errors='replace')")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The encoder
 # ----------------------------------------------------------------------------------------------------------
 class SWEEncoder:
     """GPTSAN's SWE tokenizer: same ids as the original ``SWEEncoder_ja`` for the same files.
 
-    ``encode`` caches the decision taken for each 3-character window (it depends on nothing else unless
-    the window starts with ``<``), so ordinary text costs about one dictionary lookup per token.
+    Long texts (and long batches of lines) are tokenized on numpy arrays (``modeling/tokenizer_arrays.py``).
+    Short ones go through a Python loop that caches the decision taken for each 3-character window (it
+    depends on nothing else unless the window starts with ``<``), so ordinary text costs about one
+    dictionary lookup per token.
     """
 
     def __init__(self, vocabulary: Sequence[str], emoji: Mapping[str, Mapping[str, str]],
@@ -295,11 +403,18 @@ class SWEEncoder:
             raise TokenizerError(f"the emoji table has no \"emoji_inv\" entry for {missing[0]} of the {where}; "
                                  "use the emoji.json that belongs to this vocabulary")
         self._replace_emoji = EmojiReplacer(self.emoji["emoji"])
-        self._tags_by_prefix, self._short_tags = self._index_tags()
-        self._window: dict[str, int] = {}      # window -> id * 4 + characters consumed
+        tag_ids = {surface: token_id for surface, token_id in self.swe.items()
+                   if surface.startswith("<") and len(surface) > 2}
+        self._tags = tag_pattern(tag_ids)
+        usable = _placeholders_work(self.swe, self.emoji["emoji"])
+        self._placeholders = {tag: chr(_PLACEHOLDER_PLANE + n) for n, tag in enumerate(tag_ids) if usable}
+        self._placeholder_ids = {char: tag_ids[tag] for tag, char in self._placeholders.items()}
+        self._window: dict[str, tuple[tuple[int, ...], int]] = {}   # window -> token ids, characters taken
+        self._starts = frozenset(surface[0] for surface in self.swe if len(surface) > 1)
         self._fallback: dict[str, tuple[int, ...]] = {}
         self._decode_tables: dict[str, list[str]] = {}
         self.byte_ids = tuple(self.swe[tag] for tag in BYTE_TAGS)
+        self._arrays = ArrayTokenizer(self.swe, self._placeholder_ids, self._fallback_ids) if usable else None
 
     @classmethod
     def from_files(cls, vocabulary: str | os.PathLike | None = None,
@@ -356,52 +471,105 @@ class SWEEncoder:
 
     def encode(self, text: str, clean: bool = False) -> list[int]:
         """Token ids of `text`; `clean` replaces URLs, dates, prices, ... by tags first."""
-        return self._tokenize(self.prepare(text, clean), text)
+        _check_surrogates(text)
+        return self._ids(self.prepare(text, clean))
 
     def encode_batch(self, texts: Iterable[str], clean: bool = False) -> list[list[int]]:
-        """``encode`` for each text (e.g. one call per line, as GPTSAN's record writer does)."""
-        return [self._tokenize(self.prepare(text, clean), text) for text in texts]
+        """``encode`` for each text (e.g. one call per line, as GPTSAN's record writer does).
 
-    def _tokenize(self, text: str, original: str, unknown: collections.Counter | None = None) -> list[int]:
+        A long batch is encoded in one pass of the arrays: the texts are joined by a character that no
+        emoji key, clean pattern or token can match across, and the ids are cut there again.
+        """
+        texts = list(texts)
+        joined = TEXT_SEPARATOR.join(texts)
+        if self._arrays is None or len(joined) < ARRAY_MIN_CHARS or _SURROGATE_RE.search(joined) \
+                or len(_RESERVED_RE.findall(joined)) != len(texts) - 1:
+            return [self.encode(text, clean) for text in texts]
+        return self._arrays.encode_batch(self._mark_tags(self.prepare(joined, clean)))
+
+    def _ids(self, text: str, unknown: collections.Counter | None = None) -> list[int]:
+        """Ids of a prepared text; out-of-vocabulary characters are counted into `unknown` if given.
+
+        With placeholders, tags become one character each and long texts go to the arrays.  A reserved
+        character of the text itself is in no token: the text is cut there and it falls back on its own.
+        """
+        if not self._placeholders:
+            return self._tokenize(text, unknown)
+        if not _RESERVED_RE.search(text):
+            text = self._mark_tags(text)
+            if unknown is None and len(text) >= ARRAY_MIN_CHARS:
+                return self._arrays.encode(text)
+            return self._tokenize(text, unknown)
         ids: list[int] = []
-        append = ids.append
+        for index, piece in enumerate(_RESERVED_RE.split(text)):
+            if index % 2:
+                ids += self._fallback_ids(piece)
+                if unknown is not None:
+                    unknown[piece] += 1
+            else:
+                ids += self._ids(piece, unknown)
+        return ids
+
+    def _mark_tags(self, text: str) -> str:
+        """Each tag replaced by its placeholder character, longest tags first: the tags the loop reads (spec
+        §5.5), since every '<' starts a token (_placeholders_work)."""
+        if "<" not in text:
+            return text
+        for tag in sorted(set(self._tags.findall(text)), key=len, reverse=True):
+            text = text.replace(tag, self._placeholders[tag])
+        return text
+
+    def _tokenize(self, text: str, unknown: collections.Counter | None = None) -> list[int]:
+        """The loop of spec §5.4 on a prepared text; counts out-of-vocabulary characters into `unknown`."""
+        ids: list[int] = []
+        extend = ids.extend
         lookup = self._window.get
         position, end = 0, len(text)
         while position < end:
             step = lookup(text[position:position + 3])
             if step is None:
-                position = self._slow_step(text, position, ids, original, unknown)
-            else:
-                append(step >> 2)
-                position += step & 3
+                step = self._step(text, position, unknown)
+            extend(step[0])
+            position += step[1]
         return ids
 
-    def _slow_step(self, text: str, position: int, ids: list[int], original: str,
-                   unknown: collections.Counter | None) -> int:
-        """Tags, uncached windows and out-of-vocabulary characters; returns the next position."""
+    def _step(self, text: str, position: int, unknown: collections.Counter | None) -> tuple[tuple[int, ...], int]:
+        """Token ids at `position` and the characters they take: a tag, an out-of-vocabulary character, or the
+        tokens decided by an uncached window, which is then cached."""
         window = text[position:position + 3]
         if window[0] == "<":
-            tag = self._match_tag(text, position)
+            tag = self._tags.match(text, position)
             if tag is not None:
-                ids.append(self.swe[tag])
-                return position + len(tag)
+                return (self.swe[tag.group()],), tag.end() - position
         choice = self._choose(window)
         if choice is None:
-            char = window[0]
-            ids.extend(self._fallback_ids(char, original))
             if unknown is not None:
-                unknown[char] += 1
-            return position + 1
-        token_id, length = choice
+                unknown[window[0]] += 1
+            return self._fallback_ids(window[0]), 1
+        step = self._window_tokens(window, *choice)
         if window[0] != "<":
             if len(self._window) >= _WINDOW_CACHE_LIMIT:
                 self._window.clear()
-            self._window[window] = token_id * 4 + length
-        ids.append(token_id)
-        return position + length
+            self._window[window] = step
+        return step
+
+    def _window_tokens(self, window: str, token_id: int, length: int) -> tuple[tuple[int, ...], int]:
+        """The first token of `window`, and the characters after it that are a token on their own whatever
+        follows (they start no longer surface): all decided by the window, so one lookup takes them all."""
+        ids = [token_id]
+        for char in window[length:]:
+            choice = None if char in self._starts else self._choose(char)
+            if choice is None:
+                break
+            ids.append(choice[0])
+            length += 1
+        return tuple(ids), length
 
     def _choose(self, window: str) -> tuple[int, int] | None:
-        """Lowest id among the prefixes of `window` in the vocabulary (the longer one on equal ids)."""
+        """Lowest id among the prefixes of `window` in the vocabulary (the longer one on equal ids); a tag's
+        placeholder is that tag."""
+        if window[0] in self._placeholder_ids:
+            return self._placeholder_ids[window[0]], 1
         best = None
         for length in range(len(window), 0, -1):
             token_id = self.swe.get(window[:length])
@@ -409,37 +577,11 @@ class SWEEncoder:
                 best = (token_id, length)
         return best
 
-    def _index_tags(self) -> tuple[dict[str, tuple[int, ...]], frozenset[str]]:
-        """Surfaces starting with '<' and longer than 2 characters, indexed by their first 4 characters."""
-        lengths: dict[str, set[int]] = collections.defaultdict(set)
-        short = set()
-        for surface in self.swe:
-            if surface.startswith("<") and len(surface) > 2:
-                if len(surface) == 3:
-                    short.add(surface)
-                else:
-                    lengths[surface[:4]].add(len(surface))
-        return {prefix: tuple(sorted(ls, reverse=True)) for prefix, ls in lengths.items()}, frozenset(short)
-
-    def _match_tag(self, text: str, position: int) -> str | None:
-        """Longest special tag at `position` (spec §5.5)."""
-        for length in self._tags_by_prefix.get(text[position:position + 4], ()):
-            candidate = text[position:position + length]
-            if len(candidate) == length and candidate in self.swe:
-                return candidate
-        candidate = text[position:position + 3]
-        return candidate if candidate in self._short_tags else None
-
-    def _fallback_ids(self, char: str, original: str) -> tuple[int, ...]:
+    def _fallback_ids(self, char: str) -> tuple[int, ...]:
         """<KIGOU>, <U2000U2BFF> or UTF-8 byte tokens for a character without candidates (spec §5.6)."""
         ids = self._fallback.get(char)
         if ids is None:
             code = ord(char)
-            if 0xD800 <= code <= 0xDFFF:
-                where = _SURROGATE_RE.search(original)
-                at = f" at character {where.start()}" if where else ""
-                raise TokenizerError(f"the text contains a lone surrogate U+{code:04X}{at}, which has no UTF-8 "
-                                     "form; repair the text (e.g. decode it with errors='replace')")
             if 0xA1 <= code <= 0xBF or 0x1C0 <= code <= 0x1C3 or 0x2B9 <= code <= 0x362:
                 ids = (self.swe["<KIGOU>"],)
             elif 0x2000 <= code <= 0x2BFF:
@@ -487,8 +629,9 @@ class SWEEncoder:
     # -- inspection ----------------------------------------------------------------------------------------
     def unknown_characters(self, text: str, clean: bool = False) -> collections.Counter:
         """Characters of `text` that fall back to <KIGOU>, <U2000U2BFF> or byte tokens, with counts."""
+        _check_surrogates(text)
         unknown: collections.Counter = collections.Counter()
-        self._tokenize(self.prepare(text, clean), text, unknown)
+        self._ids(self.prepare(text, clean), unknown)
         return unknown
 
     def dead_ids(self) -> list[int]:
