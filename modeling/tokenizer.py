@@ -28,6 +28,8 @@ import string
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+import numpy as np
+
 from modeling.tokenizer_arrays import TEXT_SEPARATOR, ArrayTokenizer
 
 REPO_DIR = Path(__file__).resolve().parents[1]
@@ -79,9 +81,10 @@ class TokenizerError(ValueError):
 # ----------------------------------------------------------------------------------------------------------
 # clean_text (spec §5.3): the regular expressions of the original, except PRICE, which is rewritten so that
 # it cannot backtrack exponentially on long digit runs while matching exactly the same spans (see
-# _price_pattern and the property test in tests/test_tokenizer_clean.py).  The leading lookaheads only state
-# which character a match starts with, so the scan skips other positions quickly.  E-mail addresses and
-# prices are only looked for around an '@' or a currency unit (_sub_near).
+# _price_pattern and the property tests in tests/test_tokenizer_clean.py).  TEL and DATE take their first
+# character with a class (re then skips the positions where no match can start, fast) and read it again with
+# lookbehinds, which keeps the original's alternatives in the original's order.  E-mail addresses and prices
+# are only looked for around an '@' or a currency unit (_sub_near).
 # ----------------------------------------------------------------------------------------------------------
 _WEEKDAY_SUFFIX = r"(?:\d{1,2}|:|\d{1,2}時|\d{1,2}分|\(日\)|\(月\)|\(火\)|\(水\)|\(木\)|\(金\)|\(土\)|㈰|㈪|㈫|㈬|㈭|㈮|㈯)*"
 _MONTH = r"(?:0?[1-9]|1[0-2])"
@@ -91,8 +94,10 @@ CURRENCY_UNITS = ("千円", "万円", "千万円", "円", "千ドル", "万ド�
 _TAX_SUFFIX = r"(?:\(税込\)|\(税抜\)|\+tax)"
 URL_RE = re.compile(r"(?:https?|ftp)://[-_.!~*'()a-zA-Z0-9;/?:@&=+$,%#]+")
 EMAIL_RE = re.compile(r"[A-Za-z0-9._+]*@[-_0-9A-Za-z]+(?:\.[A-Za-z]+)*")
-TEL_RE = re.compile(r"(?=[(0-9])\(?[0-9]{2,4}[)\-(]?[0-9]{2,4}[)\-]?[0-9]{3,4}")
-DATE_RE = re.compile(rf"(?=[0-9])(?:[12]\d{{3}}[/\-年])*{_MONTH}[/\-月](?:{_DAY}日?)*{_WEEKDAY_SUFFIX}")
+TEL_RE = re.compile(r"[(0-9](?:(?<=\()[0-9]{2,4}|(?<=[0-9])[0-9]{1,3})[)\-(]?[0-9]{2,4}[)\-]?[0-9]{3,4}")
+_MONTH_FROM_FIRST = r"(?:(?<=0)[1-9]|(?<=[1-9])|(?<=1)[0-2])"   # 0?[1-9]|1[0-2] when its first digit is taken
+DATE_RE = re.compile(rf"[0-9](?:(?<=[12])\d{{3}}[/\-年](?:[12]\d{{3}}[/\-年])*{_MONTH}|{_MONTH_FROM_FIRST})[/\-月]"
+                     rf"(?:{_DAY}日?)*{_WEEKDAY_SUFFIX}")
 ERA_DATE_RE = re.compile(rf"(?:明治|大正|昭和|平成|令和|㍾|㍽|㍼|㍻|\u32ff)\d{{1,2}}年{_MONTH}月{_DAY}日{_WEEKDAY_SUFFIX}")
 BLOCK_CHARS = "".join(map(chr, range(0x2500, 0x25A0)))   # box drawing U+2500-257F and blocks U+2580-259F
 BLOCK_TABLE = str.maketrans(dict.fromkeys(BLOCK_CHARS, "<BLOCK>"))
@@ -272,10 +277,10 @@ def _creatable_keys(keys: Sequence[str], tags: Iterable[str]) -> frozenset[int]:
 class EmojiReplacer:
     """Applies the emoji table exactly like the original loop over all keys, without scanning all keys.
 
-    Each key is indexed by its anchor, the character of the key least likely to be in a text (not common in
-    Japanese text if possible, then the one in fewest keys): a key is looked for only if its anchor occurs.
-    In a long text, keys made only of uncommon characters (most emoji) are looked for in the few distinct
-    runs of such characters rather than in the whole text.
+    A short text is searched only for the keys whose anchor occurs in it: the character of the key least
+    likely to be in a text (not common in Japanese text if possible, then the one in fewest keys).  A long
+    text is searched only for the keys whose characters all occur in it; keys made only of uncommon
+    characters (most emoji) are looked for in the few distinct runs of such characters, not in the whole text.
     """
 
     def __init__(self, emoji: Mapping[str, str]):
@@ -287,7 +292,7 @@ class EmojiReplacer:
             self.by_anchor[min(key, key=lambda char: (_commonness(char), shared[char], char))].append(index)
         self.anchors = frozenset(self.by_anchor)
         self.anchor_re = _one_of(self.anchors)
-        self.common_anchors = [anchor for anchor in self.by_anchor if _is_common(anchor)]
+        self.key_chars = [frozenset(key) for key in keys]
         self.uncommon_only = [not any(map(_is_common, key)) for key in keys]
         self.uncommon_runs = re.compile(_one_of(char for key in keys for char in key if not _is_common(char)).pattern
                                         + "+")
@@ -298,10 +303,12 @@ class EmojiReplacer:
         if len(text) < _LONG_TEXT:
             anchors = self.anchors.intersection(self.anchor_re.findall(text))
             return [index for anchor in anchors for index in self.by_anchor[anchor] if self.items[index][0] in text]
-        runs = "\n".join(set(self.uncommon_runs.findall(text)))
-        anchors = self.anchors.intersection(runs).union(anchor for anchor in self.common_anchors if anchor in text)
-        return [index for anchor in anchors for index in self.by_anchor[anchor]
-                if self.items[index][0] in (runs if self.uncommon_only[index] else text)]
+        chars = _distinct_characters(text)
+        candidates = [index for anchor in self.anchors.intersection(chars) for index in self.by_anchor[anchor]
+                      if self.key_chars[index] <= chars]
+        runs = "\n".join(set(self.uncommon_runs.findall(text))) \
+            if any(self.uncommon_only[index] for index in candidates) else ""
+        return [index for index in candidates if self.items[index][0] in (runs if self.uncommon_only[index] else text)]
 
     def __call__(self, text: str) -> str:
         present = self.keys_in(text)
@@ -312,6 +319,13 @@ class EmojiReplacer:
             if key in text:
                 text = text.replace(key, tag)
         return text
+
+
+def _distinct_characters(text: str) -> set[str]:
+    """The characters of a long text (a set() of the text would create one string per character)."""
+    seen = np.zeros(0x110000, bool)
+    seen[np.frombuffer(text.encode("utf-32-le"), np.uint32)] = True
+    return set(map(chr, np.flatnonzero(seen).tolist()))
 
 
 def _one_of(chars: Iterable[str]) -> re.Pattern:
@@ -409,6 +423,8 @@ class SWEEncoder:
         usable = _placeholders_work(self.swe, self.emoji["emoji"])
         self._placeholders = {tag: chr(_PLACEHOLDER_PLANE + n) for n, tag in enumerate(tag_ids) if usable}
         self._placeholder_ids = {char: tag_ids[tag] for tag, char in self._placeholders.items()}
+        self._plain_markers = [tag for tag in dict.fromkeys(new for _old, new in PRE_SUBSTITUTIONS)
+                               if tag in self._placeholders and not any(t != tag and t.startswith(tag) for t in tag_ids)]
         self._window: dict[str, tuple[tuple[int, ...], int]] = {}   # window -> token ids, characters taken
         self._starts = frozenset(surface[0] for surface in self.swe if len(surface) > 1)
         self._fallback: dict[str, tuple[int, ...]] = {}
@@ -512,7 +528,13 @@ class SWEEncoder:
 
     def _mark_tags(self, text: str) -> str:
         """Each tag replaced by its placeholder character, longest tags first: the tags the loop reads (spec
-        §5.5), since every '<' starts a token (_placeholders_work)."""
+        §5.5), since every '<' starts a token (_placeholders_work).
+
+        The markers of the pre-substitutions, the most frequent tags, go first by plain replacement when no
+        other tag starts with them; the pattern then only meets the other tags.
+        """
+        for tag in self._plain_markers:
+            text = text.replace(tag, self._placeholders[tag])
         if "<" not in text:
             return text
         for tag in sorted(set(self._tags.findall(text)), key=len, reverse=True):

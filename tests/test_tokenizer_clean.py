@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from modeling.tokenizer import PRICE_RE, SPECIAL_TAIL, clean_text
+from modeling.tokenizer import DATE_RE, PRICE_RE, SPECIAL_TAIL, TEL_RE, clean_text
 from test_tokenizer_reference import ORIGINAL_PRICE, ReferenceSWE
 
 PRICE_ALPHABET = list("0123456789１０,,,億万千円円ドルユーロ(税込抜)+taxx") + ["ドル", "ユーロ", "(税込)", "+tax", "千円"]
@@ -25,6 +25,20 @@ def test_price_matches_original_on_random_strings():
                                   "1千万円", "千千円", "1,234,56円", "1234,567円", "円高", "１０００円", "100ドル+tax"])
 def test_price_examples_match_original(text):
     assert PRICE_RE.sub("<PRICE>", text) == ORIGINAL_PRICE.sub("<PRICE>", text)
+
+
+DATE_ALPHABET = list("0123456789/-()年月日時分:㈰㈯x") + ["(土)", "(日)", "12", "2022", "1999年", "03-"]
+
+
+def test_tel_and_date_match_original_on_random_strings():
+    """TEL and DATE take their first character with a class and re-read it; the spans are the original's."""
+    reference = ReferenceSWE(list(SPECIAL_TAIL), {"emoji": {}, "emoji_inv": {}})
+    (tel, _), (date, _) = reference.clean_patterns[2:4]
+    rng = random.Random(13)
+    for _ in range(20000):
+        text = "".join(rng.choice(DATE_ALPHABET) for _ in range(rng.randrange(1, 16)))
+        assert TEL_RE.sub("<TEL>", text) == tel.sub("<TEL>", text), text
+        assert DATE_RE.sub("<DATE>", text) == date.sub("<DATE>", text), text
 
 
 CLEAN_PIECES = PRICE_ALPHABET + list("@.-_abcXYZ/:年月日時分 ") + [
