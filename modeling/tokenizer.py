@@ -68,7 +68,7 @@ _SURROGATE_RE = re.compile("[\ud800-\udfff]")
 _BYTE_RUN_RE = re.compile("[\udc00-\udd00]+")   # byte tokens (U+DC00 + byte) and empty pieces while decoding
 _EMPTY_PIECE = "\udd00"                         # keeps byte runs apart across a token that decodes to ""
 _WINDOW_CACHE_LIMIT = 1_000_000
-_LONG_TEXT = 5000          # emoji keys: a shorter text is checked character by character, a longer one by runs
+_LONG_TEXT = 5000          # emoji keys: a longer text is searched by its distinct characters (EmojiReplacer)
 ARRAY_MIN_CHARS = 500       # shorter texts go through the Python loop (the arrays' fixed cost is about 50 µs)
 _PLACEHOLDER_PLANE = 0xF0000   # private use: while tokenizing, each tag stands as one character of this plane
 _RESERVED_RE = re.compile("([\U000f0000-\U0010ffff])")   # the placeholders and TEXT_SEPARATOR
@@ -353,7 +353,7 @@ def _commonness(char: str) -> int:
     return 2
 
 
-def tag_pattern(tags: Iterable[str]) -> re.Pattern:
+def _tag_pattern(tags: Iterable[str]) -> re.Pattern:
     """Matches the longest of `tags` at a position (spec §5.5); written as a trie, so a miss costs one step."""
     trie: dict = {}
     for tag in tags:
@@ -396,10 +396,11 @@ def _check_surrogates(text: str) -> None:
 class SWEEncoder:
     """GPTSAN's SWE tokenizer: same ids as the original ``SWEEncoder_ja`` for the same files.
 
-    Long texts (and long batches of lines) are tokenized on numpy arrays (``modeling/tokenizer_arrays.py``).
-    Short ones go through a Python loop that caches the decision taken for each 3-character window (it
-    depends on nothing else unless the window starts with ``<``), so ordinary text costs about one
-    dictionary lookup per token.
+    While tokenizing, each tag stands as one private-use character (when the vocabulary allows it).  Long
+    texts (and long batches of lines) are then tokenized on numpy arrays (``modeling/tokenizer_arrays.py``);
+    short ones go through a Python loop that caches, for each 3-character window, the tokens it decides (a
+    window decides its first token, and the single-character tokens after it), so ordinary text costs less
+    than one dictionary lookup per token.
     """
 
     def __init__(self, vocabulary: Sequence[str], emoji: Mapping[str, Mapping[str, str]],
@@ -419,7 +420,7 @@ class SWEEncoder:
         self._replace_emoji = EmojiReplacer(self.emoji["emoji"])
         tag_ids = {surface: token_id for surface, token_id in self.swe.items()
                    if surface.startswith("<") and len(surface) > 2}
-        self._tags = tag_pattern(tag_ids)
+        self._tags = _tag_pattern(tag_ids)
         usable = _placeholders_work(self.swe, self.emoji["emoji"])
         self._placeholders = {tag: chr(_PLACEHOLDER_PLANE + n) for n, tag in enumerate(tag_ids) if usable}
         self._placeholder_ids = {char: tag_ids[tag] for tag, char in self._placeholders.items()}
