@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from encode_swe import DEFAULT_EMOJI, DEFAULT_VOCABULARY
+from modeling.tokenizer import DEFAULT_EMOJI, DEFAULT_VOCABULARY
 
 DEFAULT_LAYOUT = "batch:batch;heads:model;experts:model"
 

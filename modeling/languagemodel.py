@@ -14,10 +14,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from encode_swe import SWEEncoder
 from modeling.cli import UserError
 from modeling.mtf_compat import tf
 from modeling.runtime import Forward, Runtime
+from modeling.tokenizer import SWEEncoder
 
 TOP_CANDIDATES = 5
 

@@ -63,7 +63,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
-from encode_swe import DEFAULT_EMOJI, DEFAULT_VOCABULARY, SWEEncoder, TokenizerError, decode_utf8
+from modeling.tokenizer import DEFAULT_EMOJI, DEFAULT_VOCABULARY, SWEEncoder, TokenizerError, decode_utf8
 
 MODES = ("lm", "mlm", "hybrid")
 DEFAULT_NUM_CONTEXT = 1280
@@ -193,18 +193,20 @@ def causal_input(tokens: Iterable[int], ids: SpecialIds) -> list[int]:
     return [separator if token in punctuation else token for token in tokens]
 
 
-def encode_document(encoder: SWEEncoder, lines: Sequence[str], ids: SpecialIds, clean: bool = False,
-                    with_prefix: bool = True) -> EncodedDocument:
-    """Encode the lines of one document (each followed by <BR>); see ``EncodedDocument``."""
+def encode_documents(encoder: SWEEncoder, documents: Sequence[Sequence[str]], ids: SpecialIds,
+                     clean: bool = False, with_prefix: bool = True) -> list[EncodedDocument]:
+    """Encode the lines of documents (each followed by <BR>), all lines in one batch; see ``EncodedDocument``."""
+    lines = [line for document in documents for line in document]
+    plain = encoder.encode_batch(lines) if with_prefix or not clean else None
+    causal = encoder.encode_batch(lines, True) if clean else plain
     newline = [ids.newline]
-    prefix: list[list[int]] | None = [] if with_prefix else None
-    causal = []
-    for line in lines:
-        plain = encoder.encode(line) if with_prefix or not clean else None
-        if prefix is not None:
-            prefix.append(plain + newline)
-        causal.append(bag_compress(encoder.encode(line, True) if clean else plain, ids) + newline)
-    return EncodedDocument(prefix, causal)
+    encoded, start = [], 0
+    for document in documents:
+        end = start + len(document)
+        encoded.append(EncodedDocument([tokens + newline for tokens in plain[start:end]] if with_prefix else None,
+                                       [bag_compress(tokens, ids) + newline for tokens in causal[start:end]]))
+        start = end
+    return encoded
 
 
 def split_documents(text: str) -> list[list[str]]:
@@ -431,9 +433,8 @@ def records_from_texts(encoder: SWEEncoder, documents: Sequence[str], options: R
              for n, text in enumerate(documents) for lines in split_documents(text)]
     if shuffle:
         items = shuffled(items, options.seed)
-    encoded = ((class_id, encode_document(encoder, lines, ids, options.clean, with_prefix))
-               for class_id, lines in items)
-    return list(build_records(encoded, options, ids))
+    documents = encode_documents(encoder, [lines for _class_id, lines in items], ids, options.clean, with_prefix)
+    return list(build_records(zip([class_id for class_id, _lines in items], documents), options, ids))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -561,7 +562,7 @@ def _init_worker(vocabulary: str, emoji: str, clean: bool, with_prefix: bool,
 
 def _encode_task(task: list[list[str]]) -> list[EncodedDocument]:
     w = _WORKER
-    return [encode_document(w["encoder"], lines, w["ids"], w["clean"], w["with_prefix"]) for lines in task]
+    return encode_documents(w["encoder"], task, w["ids"], w["clean"], w["with_prefix"])
 
 
 def _tasks(documents: Sequence[tuple[int | None, list[str]]]) -> Iterator[list[list[str]]]:

@@ -13,7 +13,6 @@ import os
 
 import numpy as np
 
-from encode_swe import DEFAULT_EMOJI, DEFAULT_VOCABULARY, SWEEncoder, TokenizerError
 from modeling import checkpoint, hub
 from modeling import inference
 from modeling import model as network
@@ -21,6 +20,7 @@ from modeling.cli import UserError
 from modeling.config import ModelConfig, Parameters, read_parameters
 from modeling.mesh import MeshSetup
 from modeling.mtf_compat import mtf, tf
+from modeling.tokenizer import DEFAULT_EMOJI, DEFAULT_VOCABULARY, SWEEncoder, TokenizerError
 
 PARAMETERS_FILE = "parameters.json"
 VOCABULARY_FILE = "ja-swe36k.txt"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from encode_swe import SWEEncoder, TokenizerError
 from modeling import records as R
+from modeling.tokenizer import SWEEncoder, TokenizerError
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = sorted(str(path) for path in (REPO / "examples" / "corpus").glob("*.txt"))

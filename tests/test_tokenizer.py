@@ -1,4 +1,4 @@
-"""encode_swe.SWEEncoder gives exactly the original's ids and text (compared with the in-test reference)."""
+"""modeling.tokenizer.SWEEncoder gives exactly the original's ids and text (compared with the in-test reference)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-import encode_swe
-from encode_swe import SPECIAL_TAIL, SWEEncoder, TokenizerError
+from modeling import tokenizer
+from modeling.tokenizer import SPECIAL_TAIL, SWEEncoder, TokenizerError
 from test_tokenizer_reference import WORKED_EXAMPLES, ReferenceSWE, read_reference_files, reference_encoder  # noqa: F401
 
 
@@ -23,7 +23,7 @@ def tiny(body: list[str], emoji: dict[str, str] | None = None) -> tuple[SWEEncod
     """Our encoder and the reference on a hand-made vocabulary `body` + the original special tail."""
     lines = body + list(SPECIAL_TAIL)
     table = {"emoji": emoji or {"😀": "<|emoji1|>"},
-             "emoji_inv": {tag: f"E{n}" for n, tag in enumerate(encode_swe.EMOJI_TAGS, start=1)}}
+             "emoji_inv": {tag: f"E{n}" for n, tag in enumerate(tokenizer.EMOJI_TAGS, start=1)}}
     return SWEEncoder(lines, table), ReferenceSWE(lines, table)
 
 
@@ -223,6 +223,48 @@ def test_other_original_vocabularies(vocabulary):
     assert ours.decode(ours.encode(text)) == ref.decode(ref.encode(text))
 
 
+# -- long texts (numpy arrays), batches, reserved characters ---------------------------------------------------
+
+def random_lines(seed: int, alphabet: list[str], count: int, longest: int) -> list[str]:
+    rng = random.Random(seed)
+    return ["".join(rng.choice(alphabet) for _ in range(rng.randrange(longest))) for _ in range(count)]
+
+
+TINY_BODY = ["dxy", "ab", "abc", "bc,ｂｃ", "cab", "ca", "a", "b", "c", "d", "<x>", "<x>y", "<", "x", "y", "ddd", "dd"]
+TINY_ALPHABET = list("abcdxyｂｃ<>|") + ["<x>", "<x>y", "<SP>", "<|emoji1|>", " ", "\n", "😀", "é", "ァ", "€"]
+
+
+@pytest.mark.parametrize("clean", [False, True])
+def test_batches_and_long_texts_on_a_hand_made_vocabulary(clean):
+    ours, ref = tiny(TINY_BODY)
+    lines = random_lines(5, TINY_ALPHABET, 600, 12)
+    assert ours.encode_batch(lines, clean) == [ref.encode(line, clean) for line in lines]
+    text = "".join(lines)
+    assert ours.encode(text, clean) == ref.encode(text, clean)
+
+
+def test_reserved_characters_of_the_text_fall_back(original, reference_encoder):
+    pieces = ["\U000f0000", "\U000f0001", "\U0010fffd", "\U0010ffff", "<SP>", "<|endoftext|>", " ", "日本", "a"]
+    lines = random_lines(9, pieces, 300, 8)
+    assert original.encode_batch(lines) == [reference_encoder.encode(line) for line in lines]
+    text = "".join(lines)
+    assert original.encode(text) == reference_encoder.encode(text)
+    assert original.unknown_characters("a\U000f0000b") == {"\U000f0000": 1}
+
+
+def test_a_vocabulary_with_an_inner_angle_bracket_keeps_tags_as_text():
+    ours, ref = tiny(["a<", "<x>", "a", "x", "<", ">"])
+    lines = random_lines(4, ["a", "<", "x", ">", "<x>", "a<x>", " "], 300, 8)
+    assert ours.encode_batch(lines) == [ref.encode(line) for line in lines]
+    text = "".join(lines)
+    assert ours.encode(text) == ref.encode(text)
+
+
+def test_batch_lines_with_surrogates_report_the_line_position(original):
+    with pytest.raises(TokenizerError, match="at character 1,"):
+        original.encode_batch(["x" * 600, "a\ud800"])
+
+
 # -- bad files -------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text,message", [
@@ -233,7 +275,7 @@ def test_other_original_vocabularies(vocabulary):
 ])
 def test_malformed_vocabulary_text(text, message):
     with pytest.raises(TokenizerError, match=message):
-        encode_swe.parse_vocabulary(text)
+        tokenizer.parse_vocabulary(text)
 
 
 @pytest.mark.parametrize("lines,message", [
@@ -242,11 +284,11 @@ def test_malformed_vocabulary_text(text, message):
 ])
 def test_bad_special_tail(lines, message):
     with pytest.raises(TokenizerError, match=message):
-        SWEEncoder(lines, {"emoji": {}, "emoji_inv": {t: "x" for t in encode_swe.EMOJI_TAGS}})
+        SWEEncoder(lines, {"emoji": {}, "emoji_inv": {t: "x" for t in tokenizer.EMOJI_TAGS}})
 
 
 @pytest.mark.parametrize("table", [[], {"emoji": {}}, {"emoji": {"x": 1}, "emoji_inv": {}},
                                    {"emoji": {"x": "<|emoji1|>"}, "emoji_inv": {}}])
 def test_bad_emoji_table(table):
     with pytest.raises(TokenizerError):
-        encode_swe.parse_emoji_table(table)
+        tokenizer.parse_emoji_table(table)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-import encode_swe
-from encode_swe import SPECIAL_TAIL, SWEEncoder
+from modeling import tokenizer, vocabulary
+from modeling.tokenizer import SPECIAL_TAIL, SWEEncoder
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = ("今日は良い天気ですね。明日も晴れるでしょうか。ファイルを開いてください。"
@@ -25,22 +25,22 @@ def run_cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def emoji_table() -> dict:
-    return encode_swe.build_emoji_table()
+    return vocabulary.build_emoji_table()
 
 
 @pytest.fixture(scope="module")
 def small_vocabulary(tmp_path_factory, emoji_table) -> list[str]:
     corpus = tmp_path_factory.mktemp("corpus") / "corpus.txt"
     corpus.write_text(CORPUS, encoding="utf-8")
-    singles, _ = encode_swe.single_characters(collections.Counter(CORPUS), 3, set(emoji_table["emoji"]))
-    return encode_swe.build_vocabulary([corpus], len(singles) + len(SPECIAL_TAIL) + 60, emoji_table,
+    singles, _ = vocabulary.single_characters(collections.Counter(CORPUS), 3, set(emoji_table["emoji"]))
+    return vocabulary.build_vocabulary([corpus], len(singles) + len(SPECIAL_TAIL) + 60, emoji_table,
                                        progress=False)
 
 
 def test_built_vocabulary_format_and_no_dead_ids(small_vocabulary, emoji_table):
     lines = small_vocabulary
     assert lines[-len(SPECIAL_TAIL):] == list(SPECIAL_TAIL)
-    spellings = [s for line in lines for s in encode_swe.split_vocabulary_line(line)]
+    spellings = [s for line in lines for s in tokenizer.split_vocabulary_line(line)]
     assert len(spellings) == len(set(spellings)) and "" not in spellings
     encoder = SWEEncoder(lines, emoji_table)
     encoder.check_gptsan_layout()
@@ -61,8 +61,8 @@ def test_built_vocabulary_has_small_kana_and_voicing_variants(small_vocabulary, 
 
 
 def test_emoji_table_layout(emoji_table):
-    assert list(emoji_table["emoji_inv"]) == list(encode_swe.EMOJI_TAGS)
-    assert set(emoji_table["emoji"].values()) == set(encode_swe.EMOJI_TAGS)
+    assert list(emoji_table["emoji_inv"]) == list(tokenizer.EMOJI_TAGS)
+    assert set(emoji_table["emoji"].values()) == set(tokenizer.EMOJI_TAGS)
     keys = list(emoji_table["emoji"])
     assert [len(k) for k in keys] == sorted((len(k) for k in keys), reverse=True)
     for tag, representative in emoji_table["emoji_inv"].items():
@@ -77,7 +77,7 @@ def test_shipped_files_are_our_builds():
     encoder.check_gptsan_layout()
     assert encoder.dead_ids() == []
     assert (REPO / "emoji.json").read_text(encoding="ascii") == \
-        encode_swe.emoji_table_json(encode_swe.build_emoji_table())
+        vocabulary.emoji_table_json(vocabulary.build_emoji_table())
 
 
 def test_cli_round_trip_jsonl_and_whole(tmp_path):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
+import re
 import time
 
 import pytest
 
-from encode_swe import PRICE_RE, clean_text
-from test_tokenizer_reference import ORIGINAL_PRICE
+from modeling.tokenizer import DATE_RE, PRICE_RE, SPECIAL_TAIL, TEL_RE, clean_text
+from test_tokenizer_reference import ORIGINAL_PRICE, ReferenceSWE
 
 PRICE_ALPHABET = list("0123456789１０,,,億万千円円ドルユーロ(税込抜)+taxx") + ["ドル", "ユーロ", "(税込)", "+tax", "千円"]
 
@@ -24,6 +25,35 @@ def test_price_matches_original_on_random_strings():
                                   "1千万円", "千千円", "1,234,56円", "1234,567円", "円高", "１０００円", "100ドル+tax"])
 def test_price_examples_match_original(text):
     assert PRICE_RE.sub("<PRICE>", text) == ORIGINAL_PRICE.sub("<PRICE>", text)
+
+
+DATE_ALPHABET = list("0123456789/-()年月日時分:㈰㈯x") + ["(土)", "(日)", "12", "2022", "1999年", "03-"]
+
+
+def test_tel_and_date_match_original_on_random_strings():
+    """TEL and DATE take their first character with a class and re-read it; the spans are the original's."""
+    reference = ReferenceSWE(list(SPECIAL_TAIL), {"emoji": {}, "emoji_inv": {}})
+    (tel, _), (date, _) = reference.clean_patterns[2:4]
+    rng = random.Random(13)
+    for _ in range(20000):
+        text = "".join(rng.choice(DATE_ALPHABET) for _ in range(rng.randrange(1, 16)))
+        assert TEL_RE.sub("<TEL>", text) == tel.sub("<TEL>", text), text
+        assert DATE_RE.sub("<DATE>", text) == date.sub("<DATE>", text), text
+
+
+CLEAN_PIECES = PRICE_ALPHABET + list("@.-_abcXYZ/:年月日時分 ") + [
+    "http://a.jp/x?y=1", "a.b+c@mail.example.jp", "@tanreinama", "<SP>", "<BR>", "03-1234-5678", "2022年1月15日(土)",
+    "平成30年1月2日", "3/4", "┏━┓", "█", "ドル(税抜)", "日本"]
+
+
+def test_clean_text_matches_original_on_random_texts():
+    """All rules together, on long texts (e-mail and price are only looked for near '@' and a currency unit)."""
+    reference = ReferenceSWE(list(SPECIAL_TAIL), {"emoji": {}, "emoji_inv": {}})
+    rng = random.Random(12)
+    for _ in range(300):
+        text = "".join(rng.choice(CLEAN_PIECES) for _ in range(rng.randrange(1, 80)))
+        text = re.sub(r"([\d,]{8})(?=[\d,])", r"\1x", text)   # the original PRICE expression is exponential
+        assert clean_text(text) == reference.clean_text(text), text
 
 
 def test_long_digit_runs_stay_fast():

@@ -1,7 +1,7 @@
 """A slow, obviously literal implementation of the original SWE algorithm, written from the spec.
 
 `ReferenceSWE` follows ../shared/spec/swe-tokenizer.md step by step (§2.4 loading, §5 encoding, §7
-decoding) with no caching or shortcuts; the tests compare encode_swe.SWEEncoder with it and the benchmark
+decoding) with no caching or shortcuts; the tests compare modeling.tokenizer.SWEEncoder with it and the benchmark
 measures against it.  The tests in this file check the reference itself on the spec's worked examples.
 """
 
