@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from modeling import records
-from modeling.cli import UserError
+from modeling.cli import OneLineParser, UserError
 from modeling.tokenizer import (DEFAULT_EMOJI, DEFAULT_VOCABULARY, SWEEncoder, TokenizerError, decode_utf8,
                                 read_emoji_file, read_text_file, split_vocabulary_line)
 from modeling.vocabulary import build_emoji_table, build_vocabulary, emoji_table_json
@@ -189,7 +189,7 @@ def _positive(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """One subparser per command; a new command only needs an entry here and a command_* function."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="encode_swe.py", description="GPTSAN's SWE tokenizer: encode, decode, statistics, builders.",
         epilog="The released GPTSAN-2.8B weights need the original ja-swe36k.txt and emoji.json "
                "(pass them with --vocabulary/--emoji); the files in this repository are our own.")
