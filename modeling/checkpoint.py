@@ -36,8 +36,9 @@ READ_ERRORS = (tf.errors.OpError, IndexError)   # what TF raises for a truncated
 def unreadable(path: str, error: Exception) -> UserError:
     """The one-line error for a checkpoint whose data cannot be read (interrupted copy, full disk)."""
     lines = [line.strip() for line in getattr(error, "message", str(error)).splitlines() if line.strip()]
-    nodes = [i for i, line in enumerate(lines) if line.startswith("Node:")]
-    reason = lines[nodes[-1] + 1] if nodes and nodes[-1] + 1 < len(lines) else lines[0] if lines else type(error).__name__
+    after_node = [line for previous, line in zip(lines, lines[1:]) if previous.startswith("Node:")]
+    # TF's reason follows its "Node: …" line; other errors say it first
+    reason = after_node[-1] if after_node else lines[0] if lines else type(error).__name__
     return UserError(f"checkpoint {path} cannot be read ({reason[:160]}): its data file is truncated or damaged; "
                      "copy or download it again")
 

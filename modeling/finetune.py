@@ -93,7 +93,8 @@ def created_variables(base: ModelConfig, config: ModelConfig, reader: tf.train.C
 
 
 def has_spout_weights(config: ModelConfig, reader: tf.train.CheckpointReader) -> bool:
-    return all(name in reader.get_variable_to_shape_map() for name in spout_mlp_names(config))
+    stored = reader.get_variable_to_shape_map()
+    return all(name in stored for name in spout_mlp_names(config))
 
 
 def shifted_positions(table: np.ndarray) -> np.ndarray:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from model_dirs import TINY
+
 REPO = Path(__file__).resolve().parents[1]
-TINY = {"num_contexts": 32, "num_switch_layers": 2, "num_ext_layers": 0, "num_hidden": 32, "num_header": 4,
-        "num_experts": 4, "num_pallarelizm": 1, "num_vocabulary": 36000, "train_mode": "hybrid", "num_spout": 8}
 SENTENCES = ("今日は晴れ", "明日は雨", "駅まで歩く", "お茶を飲む", "本を読む", "猫が寝る", "空が青い", "道が長い")
 # the fine-tuning flags of the README's tiny-model recipe (examples/quickstart.sh uses the same)
 FINETUNE_FLAGS = ("--add_layers", "2", "--batch_size", "8", "--learning_rate", "3e-3", "--warmup_steps", "20",
@@ -112,20 +112,6 @@ def marker_rates(task: Task, model: Path, samples: int = 10) -> list[float]:
             total += len(texts)
         rates.append(hits / total)
     return rates
-
-
-def spout_outputs(directory: Path, classes: int) -> np.ndarray:
-    """Slow reference (spec §3.7): the spout's keys/values [classes, L·2·d] for the one-hot inputs."""
-    from modeling.mtf_compat import tf
-
-    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(directory)))
-    outputs = []
-    for k in range(classes):
-        h = np.eye(reader.get_tensor("pasts/mlp0/kernel").shape[0])[k]
-        for layer in range(8):
-            h = np.tanh(h @ reader.get_tensor(f"pasts/mlp{layer}/kernel"))
-        outputs.append(h @ reader.get_tensor("pasts/out/kernel"))
-    return np.array(outputs)
 
 
 def run_matrix(root: Path, tasks=TASKS, bases=("release", "uniform", "none")) -> dict[tuple[str, str], list[float]]:

@@ -199,34 +199,19 @@ def test_spout_separation_tells_which_spout_mlps_keep_classes_apart():
     assert spout_separation([s ** -0.5 * rng.standard_normal((8, 8)) for _ in range(8)]) < SEPARATED
 
 
-# Marker words that the tokenizer fuses with the phrase before them: only the spout (and earlier
-# documents of the record) tell the class.
-COLLAPSE_PHRASES = ("今日は晴れ", "明日は雨", "駅まで歩く", "お茶を飲む", "本を読む", "猫が寝る", "空が青い", "道が長い")
-COLLAPSE_MARKERS = ("にゃん", "ござる")
-
-
 def test_class_spouts_stay_apart_under_a_high_learning_rate(tmp_path):
     """The collapse of issue 16: from a base pretrained with a uniform spout, one-hot fine-tuning at
     learning rate 1e-2 used to drive the trained spout MLP's tanh layers into one saturated output
     for both classes (|o0 - o1| / |o| = 6e-5). The MLP is now a fixed feature map, so only the output
     projection moves, and the classes keep distinct keys and values; the separation is logged."""
-    import run_pretrain
-    for cls, marker in enumerate(COLLAPSE_MARKERS):
-        docs = [f"{phrase}{marker}。" for phrase in COLLAPSE_PHRASES] * 8
-        (tmp_path / f"c{cls}.txt").write_text("\n\n".join(docs) + "\n", encoding="utf-8")
-    (tmp_path / "classes.csv").write_text("filename,fileid\nc0.txt,0\nc1.txt,1\n", encoding="utf-8")
-    encode(tmp_path / "classes.csv", tmp_path / "records")
-    (tmp_path / "params.json").write_text(json.dumps({"model_params": BASE}))
-    records = str(tmp_path / "records" / "*.tfrecord")
-    run_pretrain.main(run_pretrain.build_parser().parse_args(
-        ["--parameter_file", str(tmp_path / "params.json"), "--model_dir", str(tmp_path / "pre"), "--input_files",
-         records, "--max_steps", "200", "--learning_rate", "1e-2", "--warmup_steps", "10", "--batch_size", "4",
-         "--spout_vector", "uniform", "--no_progress", "--log_every", "50"]))
-    out = tmp_path / "ft"
-    run_finetune.main(run_finetune.build_parser().parse_args(
-        ["--base_model", str(tmp_path / "pre"), "--output", str(out), "--input_files", records, "--add_layers", "2",
-         "--max_steps", "200", "--learning_rate", "1e-2", "--warmup_steps", "10", "--batch_size", "4",
-         "--spout_vector", "onehot", "--no_progress", "--log_every", "20"]))
+    import class_tasks
+    # marker words that the tokenizer fuses with the sentence before them: only the spout (and earlier
+    # documents of the record) tell the class
+    task = class_tasks.Task("fused", ("にゃん", "ござる"), "{s}{m}。", (), C)
+    records = class_tasks.write_records(task, tmp_path)
+    base = class_tasks.pretrain_base(task, records, tmp_path, "uniform")
+    out = class_tasks.finetune(base, records, tmp_path / "ft", "--max_steps", "200", "--learning_rate", "1e-2",
+                               "--warmup_steps", "10", "--batch_size", "4", "--log_every", "20")
     o = spout_outputs(out, 2)
     assert np.linalg.norm(o[0] - o[1]) > 0.3 * np.linalg.norm(o, axis=1).mean()
     logged = [json.loads(line).get("spout_separation") for line in open(out / "train_log.jsonl")]
