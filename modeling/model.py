@@ -99,8 +99,9 @@ class _EmbeddingLookup(mtf.Operation):
     """``weights[ids]`` by ``tf.gather`` on every device.
 
     ``mtf.gather`` multiplies a [..., vocab] one-hot by the table: for a 36k vocabulary that costs as
-    much as the output layer. A gather gives the same numbers; it needs the first (vocabulary)
-    dimension of ``weights`` unsplit, which no layout of ours splits. The gradient is mtf.gather's.
+    much as the output layer, forward and backward. A gather gives the same numbers, and its gradient
+    is a segment sum (``_EmbeddingGradient``). Both need the first (vocabulary) dimension of
+    ``weights`` unsplit, which no layout of ours splits.
     """
 
     def __init__(self, weights: mtf.Tensor, ids: mtf.Tensor):
@@ -112,17 +113,50 @@ class _EmbeddingLookup(mtf.Operation):
 
     def gradient(self, grad_ys):
         weights, ids = self.inputs
-        one_hot = mtf.one_hot(ids, self._table_dim, dtype=grad_ys[0].dtype)
-        return [mtf.einsum([one_hot, grad_ys[0]], output_shape=weights.shape), None]
+        return [_EmbeddingGradient(grad_ys[0], ids, weights.shape).outputs[0], None]
 
     def lower(self, lowering):
-        mesh_impl = lowering.mesh_impl(self)
-        axis = mesh_impl.tensor_dimension_to_mesh_axis(self._table_dim)
-        if axis is not None and mesh_impl.shape[axis].size > 1:
-            raise ValueError(f"the layout splits '{self._table_dim.name}', which embedding lookups need whole")
+        mesh_impl = _whole_table(lowering, self, self._table_dim)
         weights, ids = (lowering.tensors[t] for t in self.inputs)
         lowering.set_tensor_lowering(self.outputs[0], mesh_impl.slicewise(
             lambda w, i: tf.gather(w, i, axis=0), weights, ids))
+
+
+class _EmbeddingGradient(mtf.Operation):
+    """The table's gradient of a lookup: each id's incoming rows summed into its row
+    (``unsorted_segment_sum``, no [tokens, vocabulary] one-hot), then summed over the mesh axes that
+    split the ids."""
+
+    def __init__(self, grad: mtf.Tensor, ids: mtf.Tensor, table_shape: mtf.Shape):
+        super().__init__([grad, ids], name="embedding_gradient")
+        self._table_dim, self._ids_dims = table_shape.dims[0], ids.shape.dims
+        self._outputs = [mtf.Tensor(self, table_shape, grad.dtype)]
+        self._splittable_dims, self._unsplittable_dims = self._initialize_splittable_and_unsplittable_dims(
+            "splittable", [self._table_dim.name])
+
+    def lower(self, lowering):
+        mesh_impl = _whole_table(lowering, self, self._table_dim)
+        grad, ids = (lowering.tensors[t] for t in self.inputs)
+        rows = len(self._ids_dims)
+
+        def segment_sum(g: tf.Tensor, i: tf.Tensor) -> tf.Tensor:
+            flat = tf.reshape(g, [-1] + g.shape.as_list()[rows:])
+            return tf.math.unsorted_segment_sum(flat, tf.reshape(i, [-1]), self._table_dim.size)
+
+        table = mesh_impl.slicewise(segment_sum, grad, ids)
+        axes = [a for a in map(mesh_impl.tensor_dimension_to_mesh_axis, self._ids_dims) if a is not None]
+        if axes:
+            table = mesh_impl.allreduce(table, axes, "SUM")
+        lowering.set_tensor_lowering(self.outputs[0], table)
+
+
+def _whole_table(lowering, op: mtf.Operation, table_dim: mtf.Dimension):
+    """The op's mesh implementation, after checking that the layout leaves ``table_dim`` unsplit."""
+    mesh_impl = lowering.mesh_impl(op)
+    axis = mesh_impl.tensor_dimension_to_mesh_axis(table_dim)
+    if axis is not None and mesh_impl.shape[axis].size > 1:
+        raise ValueError(f"the layout splits '{table_dim.name}', which embedding lookups need whole")
+    return mesh_impl
 
 
 def embed(weights: mtf.Tensor, ids: mtf.Tensor) -> mtf.Tensor:

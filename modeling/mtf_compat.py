@@ -117,6 +117,12 @@ class _ReadOnceLaidOutVariable(_placement.PlacementMeshImpl.LaidOutVariable):
                 self._laid_out_tensor.all_slices, values))
 
 
+def slice_variables(laid_out_variable) -> list:
+    """The TensorFlow variables holding a lowered variable's slices, one per device (for updates in
+    place; consumers read them through ``laid_out_tensor``)."""
+    return laid_out_variable._laid_out_tensor.all_slices  # noqa: SLF001  (mesh-tf keeps them there)
+
+
 class PlacementMeshImpl(_placement.PlacementMeshImpl):
     """mesh-tf's CPU/GPU mesh with the read-once fix (see the module docstring)."""
 
