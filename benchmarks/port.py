@@ -39,6 +39,25 @@ class Stamps(LogitsProcessor):
         return scores
 
 
+def train(model, params: dict, steps: int, batch: int, length: int) -> dict:
+    """AdamW steps on random tokens; seconds per step. The loss is the language-model loss alone: the
+    port's ``output_router_logits=True`` path fails in 4.51.3 (``'tuple' object has no attribute
+    'append'``), so its router losses, a small part of a step, cannot be added."""
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    generator = torch.Generator().manual_seed(0)
+    seconds = []
+    for _ in range(steps):
+        ids = torch.randint(0, 30000, (batch, length + 1), generator=generator)
+        inputs, labels = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
+        start = time.perf_counter()
+        model(inputs, token_type_ids=torch.zeros_like(inputs), labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        seconds.append(time.perf_counter() - start)
+    return {"train_step_seconds": seconds, "tokens_per_step": batch * length}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--params", required=True, help="JSON of our model_params (parameters.json)")
@@ -47,6 +66,8 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=64, help="tokens to generate per row")
     p.add_argument("--sample", action="store_true", help="top_p 0.9, temperature 0.8 instead of greedy")
     p.add_argument("--forward_lengths", default="", help="comma-separated lengths to time one forward pass of")
+    p.add_argument("--train_steps", type=int, default=0, help="instead: time this many AdamW training steps")
+    p.add_argument("--train_batch", default="8,256", help="with --train_steps: batch size, sequence length")
     args = p.parse_args()
     torch.set_num_threads(2)
     params = json.loads(args.params)
@@ -57,6 +78,10 @@ def main() -> None:
         missing, unexpected = model.load_state_dict(tensors, strict=False)
         assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
     result = {"load_seconds": time.perf_counter() - started}
+    if args.train_steps:
+        result.update(train(model, params, args.train_steps, *map(int, args.train_batch.split(","))))
+        print(json.dumps(result))
+        return
     rows = torch.tensor(json.loads(args.prompt))
     types = torch.zeros_like(rows)
     types[:, 0] = 1   # [SOT] is the bidirectional prefix, as in ours
