@@ -67,7 +67,7 @@ from tensorflow.core.protobuf import rewriter_config_pb2 as _rewriter_config  # 
 from tensorflow.python.framework import ops as _tf_ops  # noqa: E402
 from tensorflow.python.framework import tensor_conversion_registry as _registry  # noqa: E402
 
-__all__ = ["tf", "mtf", "PlacementMeshImpl", "SimdMeshImpl", "deterministic_session_config"]
+__all__ = ["tf", "mtf", "PlacementMeshImpl", "SimdMeshImpl", "deterministic_session_config", "slice_variables"]
 
 
 def _install_import_shims() -> None:

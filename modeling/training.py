@@ -14,7 +14,7 @@ import math
 from modeling import model as network
 from modeling.config import ModelConfig
 from modeling.mesh import MeshSetup
-from modeling.mtf_compat import mtf, slice_variables, tf
+from modeling.mtf_compat import SimdMeshImpl, mtf, slice_variables, tf
 
 ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON = 0.9, 0.999, 1e-8
 LOSS_SCALE_START, LOSS_SCALE_GROWTH_INTERVAL = 2.0 ** 15, 2000
@@ -150,21 +150,37 @@ def select(condition: mtf.Tensor, if_true: mtf.Tensor, if_false: mtf.Tensor) -> 
 
 
 def adam_update(variables: list[mtf.Variable], grads: list[mtf.Tensor], lr: mtf.Tensor, s: Settings,
-                clip_scale: mtf.Tensor, finite: mtf.Tensor) -> list[mtf.Operation]:
+                clip_scale: mtf.Tensor, finite: mtf.Tensor, fused: bool = True) -> list[mtf.Operation]:
     """AdamW as the original (no bias correction; spec §10.1), decoupled weight decay only where
     ``decays_weight``; slots ``<name>/adam_m``, ``<name>/adam_v`` as in the original checkpoints.
 
     Updates are float32 and applied to the float32 slices, so bfloat16 or float16 activations never
     round the weights. A step with a non-finite gradient (``finite`` = 0) leaves every variable and
-    slot unchanged."""
+    slot unchanged. ``fused``: TensorFlow's Adam kernel on each slice (``_AdamW``); otherwise mesh-tf
+    elementwise ops, which a TPU's XLA fuses by itself."""
     ops = []
     for var, grad in zip(variables, grads):
         with tf.variable_scope(var.name):
             m = mtf.get_variable(var.mesh, "adam_m", var.shape, initializer=tf.zeros_initializer(), trainable=False)
             v = mtf.get_variable(var.mesh, "adam_v", var.shape, initializer=tf.zeros_initializer(), trainable=False)
         decay = s.weight_decay if decays_weight(var.name) else 0.0
-        ops.append(_AdamW([var, m.operation, v.operation], select(finite, grad * clip_scale, mtf.zeros_like(grad)), lr, finite, decay))
+        if fused:
+            grad = select(finite, grad * clip_scale, mtf.zeros_like(grad))
+            ops.append(_AdamW([var, m.operation, v.operation], grad, lr, finite, decay))
+        else:
+            ops += _adamw_elementwise(var, m, v, grad * clip_scale, lr, finite, decay)
     return ops
+
+
+def _adamw_elementwise(var: mtf.Variable, m: mtf.Tensor, v: mtf.Tensor, grad: mtf.Tensor, lr: mtf.Tensor,
+                       finite: mtf.Tensor, weight_decay: float) -> list[mtf.Operation]:
+    new_m = m * ADAM_BETA1 + grad * (1.0 - ADAM_BETA1)
+    new_v = v * ADAM_BETA2 + mtf.square(grad) * (1.0 - ADAM_BETA2)
+    step = new_m / (mtf.sqrt(new_v) + ADAM_EPSILON)
+    if weight_decay:
+        step += mtf.cast(var.outputs[0], tf.float32) * weight_decay
+    return [mtf.assign_sub(var, select(finite, step * lr, mtf.zeros_like(step))),
+            *(mtf.assign(slot.operation, select(finite, new, slot)) for slot, new in ((m, new_m), (v, new_v)))]
 
 
 class _AdamW(mtf.Operation):
@@ -192,10 +208,9 @@ class _AdamW(mtf.Operation):
 def apply_adamw(var: tf.Variable, m: tf.Variable, v: tf.Variable, grad: tf.Tensor, lr: tf.Tensor,
                 finite: tf.Tensor, weight_decay: float) -> tf.Operation:
     """var -= lr * (m' / (sqrt(v') + eps) + weight_decay * var), m' and v' Adam's moments (no bias
-    correction: TensorFlow's fused Adam with both beta powers 0, whose 1 - beta2 is computed in float32:
-    g² weighs 1.3e-5 less than in the formula). Where not ``finite``, the learning
-    rate is 0 and both betas 1, which leaves var, m and v exactly as they were (``grad`` must then
-    be finite, e.g. zeros)."""
+    correction: TensorFlow's fused Adam with both beta powers 0; it computes 1 - beta2 in float32, so
+    g² weighs 1.3e-5 less than in the formula). Where not ``finite``, the learning rate is 0 and both
+    betas 1, which leaves var, m and v exactly as they were (``grad`` must then be finite, e.g. zeros)."""
     lr = tf.where(finite, lr, 0.0)
     decay = []
     if weight_decay:   # with the old weights, before Adam's step
@@ -272,7 +287,8 @@ def build(config: ModelConfig, s: Settings, mesh: MeshSetup) -> TrainGraph:
         lr = learning_rate(global_step, s)
         lr_mesh = mtf.import_tf_tensor(m, lr, mtf.Shape([]))
         if s.optimizer == "adam":
-            assignments = adam_update(variables, grads, lr_mesh, s, clip_scale, finite)
+            fused = not isinstance(mesh.mesh_impl, SimdMeshImpl)   # TPU: XLA fuses the elementwise form
+            assignments = adam_update(variables, grads, lr_mesh, s, clip_scale, finite, fused)
         else:
             assignments = adafactor_update(variables, grads, lr_mesh, clip_scale, finite)
 

@@ -22,10 +22,15 @@ from model_dirs import TINY
 
 REPO = Path(__file__).resolve().parents[1]
 SENTENCES = ("今日は晴れ", "明日は雨", "駅まで歩く", "お茶を飲む", "本を読む", "猫が寝る", "空が青い", "道が長い")
+# sentences that only ever follow a marker, so that a prompt made of a SENTENCES item has one continuation
+LATER = ("風が強い", "花が咲く", "鳥が鳴く", "海が広い", "山が高い", "川が流れる", "星が光る", "月が出る")
 # the fine-tuning flags of the README's tiny-model recipe (examples/quickstart.sh uses the same)
 FINETUNE_FLAGS = ("--add_layers", "2", "--batch_size", "8", "--learning_rate", "3e-3", "--warmup_steps", "20",
                   "--max_steps", "600")
-PRETRAIN_FLAGS = ("--batch_size", "4", "--learning_rate", "1e-2", "--warmup_steps", "10", "--max_steps", "200")
+PRETRAIN_FLAGS = ("--batch_size", "4", "--learning_rate", "1e-2", "--warmup_steps", "10")
+# the benchmark's bases are trained until their loss flattens (an undertrained base, loss ~1 at 200
+# steps, writes its texts badly whatever the spout says); the CI test only needs a quick base
+BENCH_PRETRAIN_STEPS = 600
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +42,7 @@ class Task:
     num_contexts: int
 
     def documents(self, cls: int) -> list[str]:
-        return [self.template.format(s=s, m=self.markers[cls], t=SENTENCES[(i + 3) % len(SENTENCES)])
+        return [self.template.format(s=s, m=self.markers[cls], t=LATER[(i + 3) % len(LATER)])
                 for i, s in enumerate(SENTENCES)]
 
 
@@ -61,7 +66,7 @@ def write_records(task: Task, root: Path) -> Path:
     return root / "records"
 
 
-def pretrain_base(task: Task, records: Path, root: Path, kind: str) -> Path:
+def pretrain_base(task: Task, records: Path, root: Path, kind: str, steps: int = 200) -> Path:
     """A base pretrained on the task's texts: ``uniform`` spout, ``none`` (no spout weights at all), or
     ``release`` (uniform, then the spout MLP put back to the original's N(0, 0.01) init)."""
     import run_pretrain
@@ -73,7 +78,7 @@ def pretrain_base(task: Task, records: Path, root: Path, kind: str) -> Path:
     spout = [] if kind == "none" else ["--spout_vector", "uniform"]
     run_pretrain.main(run_pretrain.build_parser().parse_args(
         ["--parameter_file", str(root / "params.json"), "--model_dir", str(base), "--input_files", str(records),
-         "--no_progress", "--log_every", "50", *PRETRAIN_FLAGS, *spout]))
+         "--no_progress", "--log_every", "50", "--max_steps", str(steps), *PRETRAIN_FLAGS, *spout]))
     if kind == "release":
         prefix = tf.train.latest_checkpoint(str(base))
         reader = tf.train.load_checkpoint(prefix)
@@ -120,7 +125,7 @@ def run_matrix(root: Path, tasks=TASKS, bases=("release", "uniform", "none")) ->
     for task in tasks:
         records = write_records(task, root / task.name)
         for kind in bases:
-            base = pretrain_base(task, records, root / task.name, kind)
+            base = pretrain_base(task, records, root / task.name, kind, BENCH_PRETRAIN_STEPS)
             model = finetune(base, records, root / task.name / f"ft-{kind}")
             results[(task.name, kind)] = marker_rates(task, model)
     return results

@@ -1,7 +1,7 @@
 """The training step's own operations against numpy written from the spec: the embedding table's
 gradient (a segment sum, summed across the devices that split the ids) and the fused AdamW update
 (spec §10.1: no bias correction, decoupled weight decay where ``decays_weight``, a non-finite step
-changes nothing). Each runs on one device and on two-device layouts that split the tensors involved.
+changes nothing), fused (CPU/GPU) and elementwise (the TPU form). Each runs on one device and on two-device layouts that split the tensors involved.
 
 Tolerances: the gradient sums at most a few float32 terms per entry (rtol 1e-6); Adam's fused kernel
 orders its float32 operations differently from the formula, which numpy evaluates in float64 (rtol
@@ -81,8 +81,9 @@ def _numpy_adamw(w, m, v, g, lr, clip, decay):
     return w - lr * (m / (np.sqrt(v) + ADAM_EPSILON) + decay * w), m, v
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "elementwise"])
 @pytest.mark.parametrize("mesh_shape,layout", MESHES)
-def test_adamw_steps_match_the_formula_and_a_non_finite_step_changes_nothing(mesh_shape, layout):
+def test_adamw_steps_match_the_formula_and_a_non_finite_step_changes_nothing(mesh_shape, layout, fused):
     rng = np.random.RandomState(1)
     names = {"layer/kernel": [BATCH, D], "layer/bias": [D]}   # decayed / not decayed
     initial = {n: rng.randn(*shape).astype(np.float32) for n, shape in names.items()}
@@ -101,7 +102,7 @@ def test_adamw_steps_match_the_formula_and_a_non_finite_step_changes_nothing(mes
             p[name] = tf.placeholder(tf.float32, shape)
             grads.append(mtf.import_tf_tensor(mesh, p[name], mtf_shape))
         scalar = {k: mtf.import_tf_tensor(mesh, p[k], mtf.Shape([])) for k in ("lr", "clip", "finite")}
-        ops = adam_update(variables, grads, scalar["lr"], settings, scalar["clip"], scalar["finite"])
+        ops = adam_update(variables, grads, scalar["lr"], settings, scalar["clip"], scalar["finite"], fused)
         return p, {}, ops
 
     feeds, expected = [], []
