@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -99,7 +100,7 @@ def ours(directory: str, records: str, steps: int) -> float:
     """Steady tokens/s of ``run_pretrain.py`` on a copy of ``directory``."""
     with tempfile.TemporaryDirectory() as tmp:
         model = os.path.join(tmp, "model")
-        subprocess.run(["cp", "-r", directory, model], check=True)
+        shutil.copytree(directory, model)
         subprocess.run([sys.executable, os.path.join(HERE, "..", "run_pretrain.py"), "--model_dir", model,
                         "--input_files", records, "--batch_size", str(BATCH), "--max_steps", str(steps),
                         "--log_every", "1", "--save_every", str(10 * steps), "--no_progress"],
