@@ -3,9 +3,10 @@
 float32 matmul measured in the same run.
 
 Bench width (``bench_generate.BENCH``: d_model 512, 16 heads, 4 Switch layers of 8 experts, 36k
-vocabulary), batch 8 x 256 tokens of random records, one CPU device. Both sides start from the same
-random weights (``tests/model_dirs.original_weights``; the port's through the name mapping of spec
-§17.4) and run in fresh processes, alternating, ``--repeats`` times; the best run of each is compared.
+vocabulary), batch 8 x 256 tokens of random records (``bench_finetune.write_records``), one CPU
+device. Both sides start from the same random weights (``tests/model_dirs.original_weights``; the
+port's through the name mapping of spec §17.4) and run in fresh processes, alternating,
+``--repeats`` times; the best run of each is compared.
 
 * ours: ``run_pretrain.py`` itself on a model directory holding those weights (Adam with its
   defaults: clipping 1.0, weight decay 0.01, output z-loss and load-balancing loss), tokens/s from its
@@ -42,10 +43,11 @@ sys.path[:0] = [os.path.join(HERE, ".."), os.path.join(HERE, "..", "tests")]
 
 import numpy as np  # noqa: E402
 
+from bench_finetune import LENGTH, write_records  # noqa: E402
 from bench_generate import BENCH  # noqa: E402
 from child import run_child  # noqa: E402
 
-BATCH, LENGTH, WARMUP = 8, 256, 3
+BATCH, WARMUP = 8, 3
 
 
 def flops_per_token(p: dict, length: int = LENGTH) -> float:
@@ -77,23 +79,6 @@ def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
-
-
-def write_records(path: str, count: int) -> None:
-    """LM records of random tokens, ``LENGTH`` long."""
-    from modeling.mtf_compat import tf
-
-    rng = np.random.RandomState(0)
-
-    def feature(values):
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
-
-    with tf.io.TFRecordWriter(path) as writer:
-        for _ in range(count):
-            x = rng.randint(0, 30000, LENGTH)
-            y = np.concatenate([x[1:], [-1]])
-            writer.write(tf.train.Example(features=tf.train.Features(feature={
-                "x": feature(x), "y": feature(y), "i": feature([0]), "num_input": feature([1])})).SerializeToString())
 
 
 def ours(directory: str, records: str, steps: int) -> float:

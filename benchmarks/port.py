@@ -39,7 +39,7 @@ class Stamps(LogitsProcessor):
         return scores
 
 
-def train(model, params: dict, steps: int, batch: int, length: int) -> dict:
+def train(model, steps: int, batch: int, length: int) -> dict:
     """AdamW steps on random tokens; seconds per step. The loss is the language-model loss alone: the
     port's ``output_router_logits=True`` path fails in 4.51.3 (``'tuple' object has no attribute
     'append'``), so its router losses, a small part of a step, cannot be added."""
@@ -79,7 +79,7 @@ def main() -> None:
         assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
     result = {"load_seconds": time.perf_counter() - started}
     if args.train_steps:
-        result.update(train(model, params, args.train_steps, *map(int, args.train_batch.split(","))))
+        result.update(train(model, args.train_steps, *map(int, args.train_batch.split(","))))
         print(json.dumps(result))
         return
     rows = torch.tensor(json.loads(args.prompt))
