@@ -172,7 +172,7 @@ def command_records(args: argparse.Namespace) -> None:
     """records: text files (or a filename,fileid CSV) -> sharded TFRecord training files (modeling/records.py)."""
     options = records.RecordOptions(mode=args.mode, num_context=args.num_context, hybrid_rate=args.hybrid_rate,
                                     num_mask=args.num_mask, max_mask=args.max_mask, seed=args.seed,
-                                    clean=args.clean)
+                                    clean=args.clean, whole_documents=args.whole_documents)
     try:
         records.make_records(args.input, args.output, options, vocabulary=args.vocabulary, emoji=args.emoji,
                              num_process=args.num_process, num_shards=args.num_shards, overwrite=args.overwrite)
@@ -269,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--clean", action="store_true",
                       help="encode the causal part with clean tags (URL, e-mail, date, price...) as the "
                            "original did; the prefix part is never cleaned")
+    make.add_argument("--whole_documents", action="store_true",
+                      help="lm records: cut no document that fits in a record, so each record starts with a "
+                           "document right after SOT SEG, as a prompt does; use it for class fine-tuning "
+                           "records (a filename,fileid CSV), whose first document only the spout can tell")
     make.add_argument("--vocabulary", default=str(DEFAULT_VOCABULARY),
                       help="vocabulary file (default: %(default)s)")
     make.add_argument("--emoji", default=str(DEFAULT_EMOJI), help="emoji table (default: %(default)s)")

@@ -54,6 +54,8 @@ printf 'filename,fileid\nclass-さくら.txt,0\nclass-もみじ.txt,1\n' > "$WOR
     --num_context 32 --num_shards 1 --overwrite
 "$PYTHON" encode_swe.py records --input "$WORK/classes.csv" --output "$WORK/class-hybrid" --mode hybrid \
     --hybrid_rate 0.5 --num_context 32 --num_shards 1 --overwrite
+"$PYTHON" encode_swe.py records --input "$WORK/classes.csv" --output "$WORK/class-ft" --mode lm \
+    --num_context 32 --num_shards 1 --whole_documents --overwrite
 cat > "$WORK/class-tiny.json" <<'JSON'
 {"model_params": {"num_contexts": 32, "num_switch_layers": 2, "num_ext_layers": 0, "num_hidden": 32,
                   "num_header": 4, "num_experts": 4, "num_pallarelizm": 1, "num_vocabulary": 36000,
@@ -68,7 +70,7 @@ echo "   [MASK] filled by the base, on text it has learned:"
 "$PYTHON" -c "import json, sys; print('   今日は晴れ、[MASK]。 ->', json.load(open(sys.argv[1]))['output_text'])" \
     "$WORK/class-mask.json"
 "$PYTHON" run_finetune.py --base_model "$WORK/class-base" --output "$WORK/classes" --add_layers 2 \
-    --input_files "$WORK/class-records" --spout_vector onehot --batch_size 8 --learning_rate 3e-3 \
+    --input_files "$WORK/class-ft" --spout_vector onehot --batch_size 8 --learning_rate 3e-3 \
     --warmup_steps 20 --max_steps 600 --no_progress
 
 echo "== 9. the same prompts and seed with --spout 0 and --spout 1, side by side"

@@ -11,7 +11,8 @@ Layout (tokens symbolic; SOT, SEG, EOT, NOT, SEP, MSK, BAG are the GPTSAN specia
     prefix-LM / MLM record (one document chunk):
         x = SOT  p1 ... pn  SEG  c1' ... cm'  EOT  NOT ...        num_input = n + 1
         y = -1   -1 ... -1  c1   c2  ... EOT  -1   -1  ...        (+ shifted MLM targets y[p-1] = p)
-    plain LM record (documents packed, spec §8.2 pads instead):
+    plain LM record (documents packed, spec §8.2 pads instead; ``--whole_documents``: padded after the
+    last document that fits whole):
         x = SOT  SEG  a1' ... ak'  EOT  b1' ... bj'  EOT  ...     num_input = 1
         y = -1   a1   a2  ... EOT  b1   b2  ... EOT  -1|c1 ...
 
@@ -102,6 +103,7 @@ class RecordOptions:
     max_mask: int = DEFAULT_MAX_MASK
     seed: int = 0
     clean: bool = False
+    whole_documents: bool = False   # lm records cut no document that fits in one (see _Packer)
 
     def check(self) -> "RecordOptions":
         if self.mode not in MODES:
@@ -310,10 +312,18 @@ def prefix_record(cursor: _Cursor, prefix_length: int, options: RecordOptions, i
 
 
 class _Packer:
-    """Plain LM records: documents packed as SOT SEG doc EOT doc EOT ..., long ones continued."""
+    """Plain LM records: documents packed as SOT SEG doc EOT doc EOT ..., long ones continued.
+
+    With ``whole_documents`` a record ends after the last document that fits whole (a document longer
+    than a record still continues in the next), so every record starts with a document right after
+    SOT SEG, where a prompt is at generation. For class fine-tuning this matters: the spout is what
+    tells a record's first document its class, and cut anywhere, that document would rarely start
+    there, so the fine-tuned model would not learn to take the class from the spout where a prompt
+    needs it (issue 16)."""
 
     def __init__(self, class_id: int | None, options: RecordOptions, ids: SpecialIds):
         self.class_id, self.ids, self.room = class_id, ids, options.num_context - 2
+        self.whole_documents = options.whole_documents
         self.size = options.num_context
         self.stream: list[int] = []     # target tokens, each document followed by EOT
         self.position = 0
@@ -340,6 +350,9 @@ class _Packer:
         self._skip_consumed_eot()
         ids, start = self.ids, self.position
         end = min(start + self.room, len(self.stream))
+        window = self.stream[start:end]
+        if self.whole_documents and end < len(self.stream) and ids.end_of_text in window:
+            end -= window[::-1].index(ids.end_of_text)          # right after the window's last EOT
         chunk = self.stream[start:end]
         self.position = end
         # The stream always has a token after a document token (its EOT); after an EOT the next document
@@ -765,6 +778,7 @@ def make_records(inputs: Sequence[str], output: str, options: RecordOptions, *,
         "mode": options.mode, "num_context": options.num_context, "seed": options.seed,
         "hybrid_rate": options.hybrid_rate if options.mode == "hybrid" else None,
         "num_mask": options.num_mask, "max_mask": options.max_mask, "clean": options.clean,
+        "whole_documents": options.whole_documents,
         "vocabulary": vocabulary, "emoji": emoji, "vocabulary_size": len(encoder),
         "input_files": loaded.files, "input_bytes": loaded.bytes, "documents": len(documents),
         "class_ids": "csv" if loaded.class_ids else "running record number",

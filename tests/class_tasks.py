@@ -54,16 +54,19 @@ TASKS = (
 )
 
 
-def write_records(task: Task, root: Path) -> Path:
-    """``root``/records: the task's two classes (a filename,fileid CSV), lm mode, one shard."""
+def write_records(task: Task, root: Path, whole_documents: bool = False) -> Path:
+    """The task's two classes (a filename,fileid CSV), lm mode, one shard: ``root``/records packed, for
+    pretraining a base, or ``root``/ft-records with ``--whole_documents``, the README's fine-tuning records."""
     root.mkdir(parents=True, exist_ok=True)
     for cls in range(2):
         (root / f"class{cls}.txt").write_text("\n\n".join(task.documents(cls) * 8) + "\n", encoding="utf-8")
     (root / "classes.csv").write_text("filename,fileid\nclass0.txt,0\nclass1.txt,1\n", encoding="utf-8")
+    output = root / ("ft-records" if whole_documents else "records")
     subprocess.run([sys.executable, str(REPO / "encode_swe.py"), "records", "--input", str(root / "classes.csv"),
-                    "--output", str(root / "records"), "--mode", "lm", "--num_context", str(task.num_contexts),
-                    "--num_shards", "1", "--num_process", "1"], check=True, capture_output=True)
-    return root / "records"
+                    "--output", str(output), "--mode", "lm", "--num_context", str(task.num_contexts),
+                    "--num_shards", "1", "--num_process", "1", *(["--whole_documents"] if whole_documents else [])],
+                   check=True, capture_output=True)
+    return output
 
 
 def pretrain_base(task: Task, records: Path, root: Path, kind: str, steps: int = 200) -> Path:
@@ -124,8 +127,9 @@ def run_matrix(root: Path, tasks=TASKS, bases=("release", "uniform", "none")) ->
     results = {}
     for task in tasks:
         records = write_records(task, root / task.name)
+        ft_records = write_records(task, root / task.name, whole_documents=True)
         for kind in bases:
             base = pretrain_base(task, records, root / task.name, kind, BENCH_PRETRAIN_STEPS)
-            model = finetune(base, records, root / task.name / f"ft-{kind}")
+            model = finetune(base, ft_records, root / task.name / f"ft-{kind}")
             results[(task.name, kind)] = marker_rates(task, model)
     return results

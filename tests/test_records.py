@@ -273,6 +273,30 @@ def test_csv_class_ids(tmp_path, encoder, ids):
             assert ("猫" not in text) if r["i"][0] == 7 else ("犬" not in text)
 
 
+def test_whole_documents_start_every_record_with_a_document(encoder, ids):
+    """--whole_documents: a plain LM record holds whole documents, the first right after SOT SEG (where a
+    prompt is at generation), padded; a document longer than a record fills records and continues. Packed
+    across boundaries (the default), records rarely start with a document."""
+    size = 32
+    docs = DOCS[:2] + ["。".join(["東京都千代田区に住んでいます"] * 6)] + ["猫が寝る。", "犬が走る。", "鳥が鳴く。"]
+    options = R.RecordOptions(mode="lm", num_context=size, whole_documents=True)
+    records = R.records_from_texts(encoder, docs + ["雨が降る。"], options, class_ids=[3] * len(docs) + [5])
+    assert [r.i for r in records].count(5) == 1
+    mine = [r for r in records if r.i == 3]
+    chunks = [r.y[1:r.length - 1] for r in mine]                     # y = -1, chunk, next target
+    for record, chunk in zip(mine, chunks):
+        check_padding(record, ids, size)
+        assert record.x[:2] == [ids.start, ids.segmenter] and record.x[2:record.length] == sep(ids, chunk)
+        # whole documents, or one piece of a document longer than a record (which fills it)
+        assert chunk[-1] == ids.end_of_text or (ids.end_of_text not in chunk and record.length == size)
+    assert [t for chunk in chunks for t in chunk] == [t for doc in docs for t in causal_stream(encoder, ids, doc)
+                                                      + [ids.end_of_text]]
+    assert any(chunk.count(ids.end_of_text) >= 2 for chunk in chunks)   # short documents are still packed
+    assert sum(ids.end_of_text not in chunk for chunk in chunks) >= 2    # the long one took several records
+    packed = R.records_from_texts(encoder, docs, R.RecordOptions(mode="lm", num_context=size), class_ids=[3] * len(docs))
+    assert any(r.y[r.length - 1] not in (-1, ids.end_of_text) and ids.end_of_text in r.x for r in packed)
+
+
 def test_malformed_csv_row_names_the_line(tmp_path):
     (tmp_path / "a.txt").write_text("本文。\n", encoding="utf-8")
     listing = tmp_path / "list.csv"
