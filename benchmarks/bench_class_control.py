@@ -4,8 +4,9 @@
 For each task (two classes of short texts with their own marker words) a tiny base is pretrained on the
 task's texts (``class_tasks.BENCH_PRETRAIN_STEPS`` steps) three ways (release-style spout initialisation,
 a uniform spout, no spout), fine-tuned with one-hot spouts on the same texts' ``--whole_documents``
-records with the README's tiny-model flags (``class_tasks.FINETUNE_FLAGS``), and ``run_generate.py --spout K`` writes 10 samples per prompt: the
-figure is the share with class K's marker and not the other's.
+records with the README's tiny-model flags (``class_tasks.FINETUNE_FLAGS``), and ``run_generate.py
+--spout K`` writes 10 samples per prompt: the figure is the share with class K's marker and not the
+other's.
 Takes about 12 minutes on 2 cores.
 
     python benchmarks/bench_class_control.py [--work DIR]
