@@ -350,9 +350,10 @@ class _Packer:
         self._skip_consumed_eot()
         ids, start = self.ids, self.position
         end = min(start + self.room, len(self.stream))
-        window = self.stream[start:end]
-        if self.whole_documents and end < len(self.stream) and ids.end_of_text in window:
-            end -= window[::-1].index(ids.end_of_text)          # right after the window's last EOT
+        if self.whole_documents and end < len(self.stream):
+            window = self.stream[start:end]
+            if ids.end_of_text in window:
+                end -= window[::-1].index(ids.end_of_text)      # right after the window's last EOT
         chunk = self.stream[start:end]
         self.position = end
         # The stream always has a token after a document token (its EOT); after an EOT the next document

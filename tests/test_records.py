@@ -293,7 +293,8 @@ def test_whole_documents_start_every_record_with_a_document(encoder, ids):
                                                       + [ids.end_of_text]]
     assert any(chunk.count(ids.end_of_text) >= 2 for chunk in chunks)   # short documents are still packed
     assert sum(ids.end_of_text not in chunk for chunk in chunks) >= 2    # the long one took several records
-    packed = R.records_from_texts(encoder, docs, R.RecordOptions(mode="lm", num_context=size), class_ids=[3] * len(docs))
+    packed = R.records_from_texts(encoder, docs, R.RecordOptions(mode="lm", num_context=size),
+                                  class_ids=[3] * len(docs))
     assert any(r.y[r.length - 1] not in (-1, ids.end_of_text) and ids.end_of_text in r.x for r in packed)
 
 

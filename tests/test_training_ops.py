@@ -1,7 +1,8 @@
 """The training step's own operations against numpy written from the spec: the embedding table's
 gradient (a segment sum, summed across the devices that split the ids) and the fused AdamW update
 (spec §10.1: no bias correction, decoupled weight decay where ``decays_weight``, a non-finite step
-changes nothing), fused (CPU/GPU) and elementwise (the TPU form). Each runs on one device and on two-device layouts that split the tensors involved.
+changes nothing), fused (CPU/GPU) and elementwise (the TPU form). Each runs on one device and on
+two-device layouts that split the tensors involved.
 
 Tolerances: the gradient sums at most a few float32 terms per entry (rtol 1e-6); Adam's fused kernel
 orders its float32 operations differently from the formula, which numpy evaluates in float64 (rtol
