@@ -19,8 +19,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from modeling import model as network
 from modeling.config import ModelConfig
-from modeling.model import expert_capacity
 from modeling.mtf_compat import tf
 
 
@@ -39,16 +39,43 @@ class CacheRead:
     spout_slot: bool
 
 
-class Weights:
-    """The model's variables by their checkpoint names, each read once per graph."""
+@dataclasses.dataclass
+class TrainingRouting:
+    """Training-time routing (``model.forward(training=True)``): the batch's tokens, in row-major
+    order, routed in ``groups`` equal groups with ``capacity`` slots per expert each, the router
+    input multiplied by ``jitter[layer]`` [B*T, d] if given. Without it each sequence is its own group
+    with the capacity of its real length (inference)."""
 
-    def __init__(self, variables: list[tf.Variable]):
-        self._variables = {v.op.name: v for v in variables}
+    groups: int
+    capacity: int
+    jitter: list[tf.Tensor] | None = None
+
+
+@dataclasses.dataclass
+class Layers:
+    """What the layers give: the last output x [B*T, d], per layer its output and its inputs' keys and
+    values [B, H, T, d_kv], the summed aux loss, and per Switch layer the routing statistics."""
+
+    x: tf.Tensor
+    hidden: list[tf.Tensor]
+    keys: list[tf.Tensor]
+    values: list[tf.Tensor]
+    aux_loss: tf.Tensor
+    expert_fraction: list[tf.Tensor]   # [experts] share of real tokens routed to each
+    dropped_fraction: list[tf.Tensor]  # scalar share of real tokens over capacity
+
+
+class Weights:
+    """The model's weights by their checkpoint names: variables (each read once per graph) or tensors."""
+
+    def __init__(self, variables: list[tf.Variable] | dict[str, tf.Tensor]):
+        self._sources = variables if isinstance(variables, dict) else {v.op.name: v for v in variables}
         self._reads: dict[str, tf.Tensor] = {}
 
     def __call__(self, name: str) -> tf.Tensor:
         if name not in self._reads:
-            self._reads[name] = self._variables[name].read_value()
+            source = self._sources[name]
+            self._reads[name] = source.read_value() if isinstance(source, tf.Variable) else source
         return self._reads[name]
 
 
@@ -85,36 +112,45 @@ def attention(x: tf.Tensor, w: Weights, layer: int, config: ModelConfig, mask: t
     return tf.matmul(context, tf.reshape(w(f"model/att{layer}/o/kernel"), [d, d])), (k, v)
 
 
-def switch_ffn(x: tf.Tensor, w: Weights, layer: int, config: ModelConfig, nonpadding: tf.Tensor
-               ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Top-1 experts plus the tanh softmlp bypass (spec §3.5) of x [B*T, d], each sequence its own
-    routing group with the capacity of its real length (``nonpadding`` [B, T]). Returns the output
-    and the layer's load-balancing loss."""
+def switch_ffn(x: tf.Tensor, w: Weights, layer: int, config: ModelConfig, nonpadding: tf.Tensor,
+               routing: TrainingRouting | None = None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Top-1 experts plus the tanh softmlp bypass (spec §3.5) of x [B*T, d]: each sequence its own
+    routing group with the capacity of its real length (``nonpadding`` [B, T]), or ``routing``'s
+    groups. Returns the output, the layer's load-balancing loss, the share of real tokens routed to
+    each expert and the share dropped (over capacity)."""
     E = config.num_experts
     scope = f"model/moe{layer}"
-    batch, length = tf.shape(nonpadding)[0], tf.shape(nonpadding)[1]
-    router_logits = tf.matmul(x, w(f"{scope}/switch_gating/kernel"))
-    probs = tf.reshape(tf.nn.softmax(router_logits), [batch, length, E])
+    groups = tf.shape(nonpadding)[0] if routing is None else routing.groups
+    router_input = x if routing is None or routing.jitter is None else x * routing.jitter[layer]
+    router_logits = tf.matmul(router_input, w(f"{scope}/switch_gating/kernel"))
+    probs = tf.reshape(tf.nn.softmax(router_logits), [groups, -1, E])                  # [G, S, E]
     expert = tf.argmax(probs, -1, output_type=tf.int32)
     gate = tf.reduce_max(probs, -1)
-    routed = tf.one_hot(expert, E) * nonpadding[..., None]                      # padding goes nowhere
-    slot = tf.reduce_sum((tf.cumsum(routed, axis=1) - 1.0) * routed, -1)         # place in its expert's queue
-    real_length = tf.cast(tf.reduce_sum(nonpadding, 1), tf.int32)
-    limit = tf.gather(_capacity_table(config, length), real_length)             # [B]
-    kept = tf.logical_and(nonpadding > 0, slot < tf.cast(limit[:, None], tf.float32))
+    real = tf.reshape(nonpadding, [groups, -1])
+    routed = tf.one_hot(expert, E) * real[..., None]                            # padding goes nowhere
+    slot = tf.reduce_sum((tf.cumsum(routed, axis=1) - 1.0) * routed, -1)        # place in its expert's queue
+    if routing is None:
+        real_length = tf.cast(tf.reduce_sum(real, 1), tf.int32)
+        limit = tf.gather(_capacity_table(config, tf.shape(real)[1]), real_length)[:, None]   # [B, 1]
+    else:
+        limit = routing.capacity
+    kept = tf.logical_and(real > 0, slot < tf.cast(limit, tf.float32))
     x = tf.ensure_shape(x, [nonpadding.shape[0] * nonpadding.shape[1], x.shape[1]])   # static token count
     moe = experts(x, tf.where_v2(tf.reshape(kept, [-1]), tf.reshape(expert, [-1]), E), w, scope, E)
     moe *= tf.reshape(gate * tf.cast(kept, tf.float32), [-1, 1])              # dropped tokens: no expert output
     bypass = tf.tanh(tf.matmul(x, w(f"{scope}/softmlp/kernel")))
 
-    count = tf.maximum(tf.reduce_sum(nonpadding, 1, keepdims=True), 1.0)         # [B, 1]
+    count = tf.maximum(tf.reduce_sum(real, 1, keepdims=True), 1.0)              # [G, 1]
     density = tf.reduce_sum(routed, 1) / count
-    density_proxy = tf.reduce_sum(probs * nonpadding[..., None], 1) / count
+    density_proxy = tf.reduce_sum(probs * real[..., None], 1) / count
     aux = config.moe_loss_coef * E ** 2 * tf.reduce_mean(density * density_proxy)
+    total = tf.maximum(tf.reduce_sum(real), 1.0)
     if config.router_z_loss_coef:
-        z = tf.reshape(tf.square(tf.reduce_logsumexp(router_logits, -1)), [batch, length])
-        aux += config.router_z_loss_coef * tf.reduce_sum(z * nonpadding) / tf.maximum(tf.reduce_sum(nonpadding), 1.0)
-    return moe + bypass, aux
+        z = tf.reshape(tf.square(tf.reduce_logsumexp(router_logits, -1)), tf.shape(real))
+        aux += config.router_z_loss_coef * tf.reduce_sum(z * real) / total
+    fraction = tf.reduce_sum(routed, [0, 1]) / total
+    dropped = 1.0 - tf.reduce_sum(tf.cast(kept, tf.float32)) / total
+    return moe + bypass, aux, fraction, dropped
 
 
 def experts(x: tf.Tensor, part: tf.Tensor, w: Weights, scope: str, num_experts: int) -> tf.Tensor:
@@ -139,8 +175,8 @@ def experts(x: tf.Tensor, part: tf.Tensor, w: Weights, scope: str, num_experts: 
 
 def _capacity_table(config: ModelConfig, length: tf.Tensor) -> tf.Tensor:
     """Entry n: how many tokens an expert keeps of an n-token sequence (``model.expert_capacity``)."""
-    table = [expert_capacity(n, config.num_experts, config.capacity_factor_eval, config.min_expert_capacity)
-             for n in range(config.num_contexts + 1)]
+    table = [network.expert_capacity(n, config.num_experts, config.capacity_factor_eval,
+                                     config.min_expert_capacity) for n in range(config.num_contexts + 1)]
     return tf.constant(table, tf.int32)[:length + 1]
 
 
@@ -167,56 +203,74 @@ def output_head(x: tf.Tensor, w: Weights) -> tf.Tensor:
     return tf.transpose(tf.matmul(w("model/wte"), u, transpose_b=True)) + w("model/wob")
 
 
-def forward(variables: list[tf.Variable], config: ModelConfig, tokens: tf.Tensor, prefix: tf.Tensor,
-            lengths: tf.Tensor, length: int, spout: tf.Tensor | None = None, query_index: tf.Tensor | None = None,
-            cache: CacheRead | None = None) -> dict[str, tf.Tensor]:
-    """Logits [B, T, V], ``next_logits`` [B, V] at each row's last real token (the head run on those
-    positions only), hidden states [B, L, T, d], aux_loss and the inputs' keys/values [L, B, H, T, d_kv]
-    (plus the spout's, ``spout_keys``/``spout_values``, with a spout and no cache). ``lengths`` [B]
-    counts each row's real tokens; the rest of its ``length`` positions is padding."""
-    w = Weights(variables)
-    nonpadding = tf.sequence_mask(lengths, length, tf.float32)
-    batch = tf.shape(tokens)[0]
-    if query_index is None:
-        query_index = tf.tile(tf.range(length)[None], [batch, 1])
-    offset = int(spout is not None or (cache is not None and cache.spout_slot))
-    pasts, spout_kv = [None] * config.num_layers, None
-    memory_index = query_index
-    if cache is not None:
-        n = cache.visible_slots
-        memory_index = tf.concat([cache.index[:, :n], query_index], 1)
-        pasts = [tuple(tf.transpose(var.sparse_read(tf.range(n)), [1, 2, 0, 3]) for var in pair)
-                 for pair in zip(cache.keys, cache.values)]
-    elif spout is not None:
-        memory_index = tf.concat([tf.fill([batch, 1], -1), query_index], 1)
-        spout_kv = spout_pasts(spout, w, config)
-        pasts = [(spout_kv[layer, 0], spout_kv[layer, 1]) for layer in range(config.num_layers)]
-    mask = visible(query_index, memory_index, prefix)
-    positions = query_index + offset
+def embed(w: Weights, tokens: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
+    """Token plus position embeddings (spec §3.2), [B*T, d] ordered by row."""
+    return tf.gather(w("model/wte"), tf.reshape(tokens, [-1])) + tf.gather(w("model/wpe"), tf.reshape(positions, [-1]))
 
-    flat = tf.reshape(positions, [-1])
-    x = tf.gather(w("model/wte"), tf.reshape(tokens, [-1])) + tf.gather(w("model/wpe"), flat)   # [B*T, d]
-    hidden, keys, values, aux_loss = [], [], [], tf.constant(0.0)
-    for layer in range(config.num_layers):
+
+def layers(x: tf.Tensor, w: Weights, config: ModelConfig, mask: tf.Tensor, positions: tf.Tensor,
+           pasts: list[tuple[tf.Tensor, tf.Tensor] | None], nonpadding: tf.Tensor, count: int,
+           routing: TrainingRouting | None = None) -> Layers:
+    """The first ``count`` layers (spec §3.3) on the embedded x [B*T, d]."""
+    hidden, keys, values, fractions, dropped, aux_loss = [], [], [], [], [], tf.constant(0.0)
+    for layer in range(count):
         if layer == config.num_switch_layers:
-            x += tf.gather(w("model/ete"), flat)
+            x += tf.gather(w("model/ete"), tf.reshape(positions, [-1]))
         a, (k, v) = attention(x, w, layer, config, mask, pasts[layer])
         x += layer_norm(a, w, f"model/an{layer}", config.layer_norm_epsilon)
         if layer < config.num_switch_layers:
-            f, aux = switch_ffn(x, w, layer, config, nonpadding)
+            f, aux, fraction, drop = switch_ffn(x, w, layer, config, nonpadding, routing)
             aux_loss += aux
+            fractions.append(fraction)
+            dropped.append(drop)
         else:
             f = ext_ffn(x, w, layer)
         x += layer_norm(f, w, f"model/ln{layer}", config.layer_norm_epsilon)
         hidden.append(x)
         keys.append(k)
         values.append(v)
-    last = tf.gather(x, tf.range(batch) * length + tf.maximum(lengths - 1, 0))
+    return Layers(x, hidden, keys, values, aux_loss, fractions, dropped)
+
+
+def prefix_lm_inputs(tokens: tf.Tensor, prefix: tf.Tensor, spout: bool) -> tuple[tf.Tensor, tf.Tensor]:
+    """Mask [B, T, P + T] and positions [B, T] of whole sequences (no cache), the spout in slot 0."""
+    batch, length = tf.shape(tokens)[0], tf.shape(tokens)[1]
+    query_index = tf.tile(tf.range(length)[None], [batch, 1])
+    memory_index = tf.concat([tf.fill([batch, 1], -1), query_index], 1) if spout else query_index
+    return visible(query_index, memory_index, prefix), query_index + int(spout)
+
+
+def forward(variables: list[tf.Variable], config: ModelConfig, tokens: tf.Tensor, prefix: tf.Tensor,
+            lengths: tf.Tensor, length: int, spout: tf.Tensor | None = None, query_index: tf.Tensor | None = None,
+            cache: CacheRead | None = None, routing: TrainingRouting | None = None) -> dict[str, tf.Tensor]:
+    """Logits [B, T, V], ``next_logits`` [B, V] at each row's last real token (the head run on those
+    positions only), hidden states [B, L, T, d], aux_loss and the inputs' keys/values [L, B, H, T, d_kv]
+    (plus the spout's, ``spout_keys``/``spout_values``, with a spout and no cache). ``routing``: as in
+    training (else per sequence); ``query_index`` [B, T] goes with a ``cache``. ``lengths`` [B] counts each row's real tokens; the rest of its ``length`` positions is
+    padding."""
+    w = Weights(variables)
+    nonpadding = tf.sequence_mask(lengths, length, tf.float32)
+    batch = tf.shape(tokens)[0]
+    pasts, spout_kv = [None] * config.num_layers, None
+    if cache is not None:
+        n = cache.visible_slots
+        mask = visible(query_index, tf.concat([cache.index[:, :n], query_index], 1), prefix)
+        positions = query_index + int(cache.spout_slot)
+        pasts = [tuple(tf.transpose(var.sparse_read(tf.range(n)), [1, 2, 0, 3]) for var in pair)
+                 for pair in zip(cache.keys, cache.values)]
+    else:
+        mask, positions = prefix_lm_inputs(tokens, prefix, spout is not None)
+        if spout is not None:
+            spout_kv = spout_pasts(spout, w, config)
+            pasts = [(spout_kv[layer, 0], spout_kv[layer, 1]) for layer in range(config.num_layers)]
+    net = layers(embed(w, tokens, positions), w, config, mask, positions, pasts, nonpadding, config.num_layers,
+                 routing)
+    last = tf.gather(net.x, tf.range(batch) * length + tf.maximum(lengths - 1, 0))
     d, vocab = config.num_hidden, config.num_vocabulary
-    out = {"logits": tf.reshape(output_head(x, w), [batch, length, vocab]), "next_logits": output_head(last, w),
-           "hidden": tf.transpose(tf.reshape(tf.stack(hidden, 1), [batch, length, config.num_layers, d]), [0, 2, 1, 3]),
-           "aux_loss": aux_loss,
-           "keys": tf.stack(keys), "values": tf.stack(values)}
+    out = {"logits": tf.reshape(output_head(net.x, w), [batch, length, vocab]), "next_logits": output_head(last, w),
+           "hidden": tf.transpose(tf.reshape(tf.stack(net.hidden, 1), [batch, length, config.num_layers, d]),
+                                  [0, 2, 1, 3]),
+           "aux_loss": net.aux_loss, "keys": tf.stack(net.keys), "values": tf.stack(net.values)}
     if spout_kv is not None:
         out.update(spout_keys=spout_kv[:, 0], spout_values=spout_kv[:, 1])
     return out

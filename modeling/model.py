@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from modeling import inference
 from modeling.config import ModelConfig
 from modeling.mtf_compat import mtf, tf
 
@@ -68,6 +69,15 @@ class Outputs:
 
 def _normal(stddev: float) -> tf.keras.initializers.Initializer:
     return tf.random_normal_initializer(stddev=stddev)
+
+
+def layer_weight_names(config: ModelConfig, layer: int) -> list[str]:
+    """Checkpoint names of one layer's weights (spec §4.2); ``ete`` belongs to the first extra layer."""
+    ffn = (("moe", "switch_gating/kernel", "wi/kernel", "wo/kernel", "softmlp/kernel")
+           if layer < config.num_switch_layers else ("mlp", "p1/kernel", "p1/bias", "p2/kernel", "p2/bias"))
+    names = [f"att{layer}/qkv/kernel", f"att{layer}/o/kernel", f"an{layer}/g", f"an{layer}/b", f"ln{layer}/g",
+             f"ln{layer}/b", *(f"{ffn[0]}{layer}/{name}" for name in ffn[1:])]
+    return [f"model/{name}" for name in names + (["ete"] if layer == config.num_switch_layers else [])]
 
 
 def variable(mesh: mtf.Mesh, name: str, dims: list[mtf.Dimension], initializer, dtype) -> mtf.Tensor:
@@ -242,6 +252,13 @@ def expert_capacity(group_size: int, num_experts: int, factor: float, minimum: i
     return max(minimum, min(group_size, int(group_size * factor / num_experts)))
 
 
+def training_routing(config: ModelConfig, batch: int, length: int, batch_split: int) -> tuple[int, int]:
+    """Routing groups and slots per expert in each, in training."""
+    groups = routing_groups(batch, length, config.expert_group_size, batch_split)
+    return groups, expert_capacity(batch * length // groups, config.num_experts, config.capacity_factor_train,
+                                   config.min_expert_capacity)
+
+
 @dataclasses.dataclass
 class Routing:
     """Top-1 routing of one group batch: dispatch/combine tensors, the auxiliary loss and statistics."""
@@ -408,7 +425,7 @@ class Inputs:
 
 def forward(mesh: mtf.Mesh, config: ModelConfig, inputs: Inputs, *, training: bool = False,
             batch_split: int = 1, experts_split: bool = True, jitter_seed: tf.Tensor | None = None,
-            activation_dtype=tf.float32) -> Outputs:
+            activation_dtype=tf.float32, direct_layers: int = 0) -> Outputs:
     """The network from token ids to logits (spec §3).
 
     ``batch_split`` is the size of the mesh axis that carries ``batch`` (routing groups are a
@@ -417,23 +434,22 @@ def forward(mesh: mtf.Mesh, config: ModelConfig, inputs: Inputs, *, training: bo
     not depend on the rest of the batch. ``jitter_seed`` (a stateless-random seed, shape [2]) turns
     on the router-input jitter; the noise is drawn outside the mesh so every layout sees the same.
     ``experts_split`` says whether the layout splits the experts over the mesh (then one-token steps
-    cannot fetch a single expert's weights and run every expert instead).
+    cannot fetch a single expert's weights and run every expert instead). ``direct_layers``: the
+    first layers run as one op by ``modeling.inference`` (one device only, float32; see
+    ``_DirectLayers``).
     """
     dims = Dims(config)
     dtype = mtf.VariableDType(tf.float32, tf.float32, activation_dtype)
     batch, length = inputs.tokens.shape.dims
-    if training:
-        groups = routing_groups(batch.size, length.size, config.expert_group_size, batch_split)
-        factor = config.capacity_factor_train
-    else:
-        groups, factor = batch.size, config.capacity_factor_eval
-    group_size = batch.size * length.size // groups
-    capacity = expert_capacity(group_size, config.num_experts, factor, config.min_expert_capacity)
     capacity_by_length = None
-    if not training:   # no expert can receive more than the whole group: the same tokens are kept, fewer
-        capacity = min(capacity, group_size)   # empty slots computed (one token per step: 1 slot)
-        capacity_by_length = [expert_capacity(n, config.num_experts, factor, config.min_expert_capacity)
-                              for n in range(group_size + 1)]
+    if training:
+        groups, capacity = training_routing(config, batch.size, length.size, batch_split)
+        group_size = batch.size * length.size // groups
+    else:   # no expert can receive more than the whole group: the same tokens are kept, fewer empty
+        groups, group_size = batch.size, length.size   # slots computed (one token per step: 1 slot)
+        capacity_by_length = [expert_capacity(n, config.num_experts, config.capacity_factor_eval,
+                                              config.min_expert_capacity) for n in range(group_size + 1)]
+        capacity = min(capacity_by_length[-1], group_size)
     gather = group_size == 1 and not training and not experts_split
     has_spout, cache = inputs.spout is not None, inputs.cache
     if has_spout and not config.num_spout:
@@ -462,7 +478,7 @@ def forward(mesh: mtf.Mesh, config: ModelConfig, inputs: Inputs, *, training: bo
     else:
         pasts = [None] * config.num_layers
 
-    hidden, presents, fractions, dropped = [], [], [], []
+    hidden, presents, fractions, dropped, jitters = [], [], [], [], []
     aux_loss = mtf.constant(mesh, 0.0, dtype=tf.float32)
     with tf.variable_scope("model"):
         for layer in range(config.num_layers):
@@ -478,6 +494,7 @@ def forward(mesh: mtf.Mesh, config: ModelConfig, inputs: Inputs, *, training: bo
                 if training and jitter_seed is not None and config.router_jitter:
                     jitter = _jitter(mesh, [batch, length, dims.d_model], config.router_jitter,
                                      jitter_seed, layer)
+                jitters.append(jitter)
                 with tf.variable_scope(f"moe{layer}"):
                     f, routing = switch_ffn(x, dims, config, inputs.nonpadding, groups, capacity, jitter, dtype,
                                             gather_experts=gather, capacity_by_length=capacity_by_length)
@@ -491,9 +508,96 @@ def forward(mesh: mtf.Mesh, config: ModelConfig, inputs: Inputs, *, training: bo
                 x += layer_norm(f, dims.d_model, config.layer_norm_epsilon, dtype)
             hidden.append(x)
             presents.append(present)
+            if layer + 1 == direct_layers:
+                direct = _DirectLayers(config, inputs, direct_layers, pasts[:direct_layers] if has_spout else None,
+                                       jitters, (groups, capacity), [x, *hidden, aux_loss, *fractions, *dropped,
+                                                                     *(t for pair in presents for t in pair)])
+                x, hidden, aux_loss, fractions, dropped, presents = direct.results()
         logits = output_head(x, wte, dims, dtype)
     return Outputs(logits, hidden, aux_loss, presents, fractions, dropped,
                    pasts if has_spout and cache is None else None)
+
+
+class _DirectLayers(mtf.Operation):
+    """The network's first layers computed by ``modeling.inference`` in plain TensorFlow on one device.
+
+    Fine-tuning runs its frozen base this way: the inference network multiplies each token by its own
+    expert only (no capacity slots, no one-hot dispatch), about twice as fast as the lowered layers on
+    a CPU. The numbers are the same (training-time routing groups, capacity and jitter; tested against
+    the mesh model and the numpy reference). ``forward`` still builds the mesh layers, which create the
+    variables, and passes their outputs here as templates; nothing reads them, so they never run.
+    Gradients flow to the spout's keys and values only (``_DirectGradient``).
+    """
+
+    def __init__(self, config: ModelConfig, inputs: Inputs, count: int, pasts: list | None, jitters: list,
+                 routing: tuple[int, int], templates: list[mtf.Tensor]):
+        mesh = inputs.tokens.mesh
+        self._weights = sorted((v.name, v.outputs[0]) for v in mesh.graph.all_variables if v.name.startswith("model/"))
+        self._pasts = [t for pair in pasts for t in pair] if pasts else []
+        self._jitters = [j for j in jitters if j is not None]
+        self._config, self._routing, self._count = config, routing, count
+        super().__init__([inputs.tokens, inputs.prefix, inputs.nonpadding, *self._pasts, *self._jitters,
+                          *(t for _, t in self._weights)], name="direct_layers")
+        self._outputs = [mtf.Tensor(self, t.shape, t.dtype) for t in templates]
+        self._splittable_dims, self._unsplittable_dims = self._initialize_splittable_and_unsplittable_dims(
+            "unsplittable")
+
+    def results(self) -> tuple:
+        """x, hidden, aux_loss, expert fractions, dropped fractions, presents: as ``forward`` keeps them."""
+        n, switch = self._count, min(self._count, self._config.num_switch_layers)
+        x, *rest = self.outputs
+        hidden, (aux, *rest) = rest[:n], rest[n:]
+        fractions, dropped, kv = rest[:switch], rest[switch:2 * switch], rest[2 * switch:]
+        return x, hidden, aux, fractions, dropped, [tuple(kv[2 * i:2 * i + 2]) for i in range(n)]
+
+    def lower(self, lowering):
+        mesh_impl = lowering.mesh_impl(self)
+        if mesh_impl.size != 1:
+            raise ValueError("direct layers run on one device only")
+        tokens, prefix, nonpadding, *rest = (lowering.tensors[t].to_laid_out_tensor().all_slices[0]
+                                             for t in self.inputs)
+        pasts, rest = rest[:len(self._pasts)], rest[len(self._pasts):]
+        jitters, weights = rest[:len(self._jitters)], rest[len(self._jitters):]
+        c, (batch, length) = self._config, tokens.shape.as_list()
+        w = inference.Weights(dict(zip((name for name, _ in self._weights), weights)))
+        mask, positions = inference.prefix_lm_inputs(tokens, prefix, bool(pasts))
+        routing = inference.TrainingRouting(*self._routing, [tf.reshape(j, [-1, c.num_hidden]) for j in jitters]
+                                            if jitters else None)
+        net = inference.layers(inference.embed(w, tokens, positions), w, c, mask, positions,
+                               [tuple(pasts[2 * i:2 * i + 2]) for i in range(self._count)] if pasts
+                               else [None] * self._count, nonpadding, self._count, routing)
+        rows = [tf.reshape(t, [batch, length, c.num_hidden]) for t in (net.x, *net.hidden)]
+        values = [*rows, net.aux_loss, *net.expert_fraction, *net.dropped_fraction,
+                  *(t for pair in zip(net.keys, net.values) for t in pair)]
+        for output, value in zip(self.outputs, values):
+            lowering.set_tensor_lowering(output, mesh_impl.LaidOutTensor([value]))
+
+    def gradient(self, grad_ys):
+        grads = iter(_DirectGradient(self, grad_ys, 3, len(self._pasts)).outputs)
+        return [next(grads) if 3 <= i < 3 + len(self._pasts) else None for i in range(len(self.inputs))]
+
+
+class _DirectGradient(mtf.Operation):
+    """``tf.gradients`` of a one-device op's outputs with respect to its inputs ``first`` to
+    ``first + count`` (mtf's generic gradient wants a gradient for every output and differentiates
+    every input, frozen weights included)."""
+
+    def __init__(self, forward: mtf.Operation, grad_ys: list, first: int, count: int):
+        self._pairs = [(y, g) for y, g in zip(forward.outputs, grad_ys) if g is not None]
+        self._wanted = forward.inputs[first:first + count]
+        super().__init__([*self._wanted, *(y for y, _ in self._pairs), *(g for _, g in self._pairs)],
+                         name="direct_gradient")
+        self._outputs = [mtf.Tensor(self, t.shape, t.dtype) for t in self._wanted]
+
+    def lower(self, lowering):
+        def one(t: mtf.Tensor) -> tf.Tensor:
+            return lowering.tensors[t].to_laid_out_tensor().all_slices[0]
+
+        grads = tf.gradients([one(y) for y, _ in self._pairs], [one(t) for t in self._wanted],
+                             grad_ys=[one(g) for _, g in self._pairs],
+                             unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        for output, grad in zip(self.outputs, grads):
+            lowering.set_tensor_lowering(output, lowering.mesh_impl(self).LaidOutTensor([grad]))
 
 
 def output_head(x: mtf.Tensor, wte: mtf.Tensor, dims: Dims, dtype) -> mtf.Tensor:

@@ -161,8 +161,8 @@ class Runtime:
         token), this input's keys and values (``keys``, ``values``: [layers, batch, heads, length,
         d_kv]) and, with a spout and no cache, the spout's (``spout_keys``, ``spout_values``).
 
-        Inference on one device runs ``modeling.inference`` (same numbers, no mesh overhead) unless
-        the runtime was made with ``direct=False``; everything else is lowered by Mesh TensorFlow.
+        On one device this runs ``modeling.inference`` (same numbers, no mesh overhead) unless the
+        runtime was made with ``direct=False``; on a mesh, Mesh TensorFlow lowers it.
         """
         c = self.config
         if length + int(spout) > c.num_contexts:  # positions are never clipped (D14)
@@ -183,9 +183,12 @@ class Runtime:
                 placeholders["query_index"] = tf.placeholder(tf.int32, [batch_size, length], "query_index")
                 placeholders["slot_index"] = tf.placeholder(tf.int32, [batch_size, cache[0][0].shape[0]],
                                                             "slot_index")
-            if self.direct and not training:
+            if self.direct:
                 self._lower(1, 1, spout=spout)   # creates the variables (once), never run
-                tensors = self._direct(placeholders, length, spout, cache)
+                routing = None
+                if training:   # no jitter: it needs a seed and belongs to the training loop
+                    routing = inference.TrainingRouting(*network.training_routing(c, batch_size, length, 1))
+                tensors = self._direct(placeholders, length, spout, cache, routing)
             else:
                 tensors = self._lower(batch_size, length, spout, training, cache, placeholders)
         return Forward(self.graph, batch_size, length, placeholders, tensors)
@@ -195,7 +198,8 @@ class Runtime:
         return self._direct_inference and self.mesh.size == 1
 
     def _direct(self, placeholders: dict[str, tf.Tensor], length: int, spout: bool,
-                cache: list[tuple[tf.Variable, tf.Variable]] | None) -> dict[str, tf.Tensor]:
+                cache: list[tuple[tf.Variable, tf.Variable]] | None,
+                routing: inference.TrainingRouting | None) -> dict[str, tf.Tensor]:
         """``modeling.inference`` on the placeholders; a cached step reads only the slots it may see."""
         read = None
         if cache is not None:
@@ -207,7 +211,7 @@ class Runtime:
         return inference.forward(tf.global_variables(), self.config, placeholders["tokens"], placeholders["prefix"],
                                  placeholders["lengths"], length,
                                  spout=placeholders.get("spout"), query_index=placeholders.get("query_index"),
-                                 cache=read)
+                                 cache=read, routing=routing)
 
     @staticmethod
     def _slots_read(visible: tf.Tensor, slots: int, step: int = 128) -> tf.Tensor:

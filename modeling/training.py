@@ -249,6 +249,17 @@ class TrainGraph:
     copy_slices_to_masters: tf.Operation   # before a save
 
 
+def frozen_layers(config: ModelConfig, frozen: frozenset[str]) -> int:
+    """How many leading layers, with the embeddings, have every weight frozen: on one device these run
+    as the inference network (``model._DirectLayers``), about twice as fast as the lowered layers."""
+    if not {"model/wte", "model/wpe"} <= frozen:
+        return 0
+    count = 0
+    while count < config.num_layers and set(network.layer_weight_names(config, count)) <= frozen:
+        count += 1
+    return count
+
+
 def build(config: ModelConfig, s: Settings, mesh: MeshSetup) -> TrainGraph:
     """The training graph for ``config`` on ``mesh``."""
     activation_dtype = {"float32": tf.float32, "bfloat16": tf.bfloat16, "float16": tf.float16}[s.precision]
@@ -265,8 +276,9 @@ def build(config: ModelConfig, s: Settings, mesh: MeshSetup) -> TrainGraph:
         m = mtf.Mesh(mesh_graph, "mesh")
         batch = iterator.get_next()
         inputs, targets = import_batch(m, batch, config, s, seed)
+        direct = frozen_layers(config, s.frozen) if mesh.size == 1 and activation_dtype == tf.float32 else 0
         outputs = network.forward(m, config, inputs, training=True, batch_split=mesh.batch_split,
-                                  jitter_seed=seed, activation_dtype=activation_dtype)
+                                  jitter_seed=seed, activation_dtype=activation_dtype, direct_layers=direct)
         lm = lm_loss(outputs.logits, targets, config.output_z_loss_coef)
         total = lm + outputs.aux_loss
 

@@ -242,22 +242,28 @@ def test_spout_created_for_a_base_pretrained_without_one(setup, tmp_path, capsys
 def test_no_backward_pass_through_the_frozen_backbone_without_a_spout(setup):
     """Without a trained spout nothing before the added layers needs a gradient, so the training graph has
     no backward op in the frozen layers 0-1 and keeps none of their activations; a spout, which every
-    layer attends to, needs the backward pass through all of them."""
+    layer attends to, needs the backward pass through all of them. On one device the frozen layers run
+    as one direct op (the inference network), on a mesh as lowered layers."""
     import re
 
     from modeling.config import config_from_dict
     from modeling.mesh import make_mesh
-    from modeling.training import Settings, build
+    from modeling.training import Settings, build, frozen_layers
 
     config = config_from_dict(dict(BASE, num_ext_layers=2))
     frozen = frozenset(n for n in original_shapes(BASE) if not n.startswith("pasts/"))
-    backbone = re.compile(r"model/(att|moe|an|ln)[01]/.*/gradients")
-    for spout, expected in (("none", False), ("onehot", True)):
-        settings = Settings(input_files=[str(next((setup / "records").glob("*.tfrecord")))], batch_size=2,
-                            spout_vector=spout, frozen=frozen)
-        names = [op.name for op in build(config, settings, make_mesh("")).graph.get_operations()]
-        assert any("model/att3/" in n and "/gradients" in n for n in names)   # the added layers train
-        assert any(backbone.search(n) for n in names) == expected, spout
+    assert frozen_layers(config, frozen) == 2 and frozen_layers(config, frozen - {"model/ln1/b"}) == 1
+    assert frozen_layers(config, frozen - {"model/wpe"}) == 0
+    backbone = {"": re.compile(r"direct_layers/gradients"),
+                "batch:1;model:2": re.compile(r"model/(att|moe|an|ln)[01]/.*/gradients")}
+    for mesh, pattern in backbone.items():
+        for spout, expected in (("none", False), ("onehot", True)):
+            settings = Settings(input_files=[str(next((setup / "records").glob("*.tfrecord")))], batch_size=2,
+                                spout_vector=spout, frozen=frozen)
+            names = [op.name for op in build(config, settings, make_mesh(mesh)).graph.get_operations()]
+            assert any("model/att3/" in n and "/gradients" in n for n in names)   # the added layers train
+            assert any("direct_layers" in n for n in names) == (mesh == "")
+            assert any(pattern.search(n) for n in names) == expected, (mesh, spout)
 
 
 def test_fine_tuning_starts_from_a_hub_directory(setup, tmp_path):

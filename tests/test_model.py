@@ -223,15 +223,18 @@ def test_each_sequence_has_the_capacity_of_its_real_length(tmp_path):
         model.runtime.close()
 
 
-def test_training_groups_padding_takes_no_capacity(tmp_path):
+@pytest.mark.parametrize("direct", [True, False], ids=["inference_py", "mesh"])
+def test_training_groups_padding_takes_no_capacity(tmp_path, direct):
     """Training mode: both sequences share one routing group of 20 positions (expert_group_size
     32 → G = 1) with c = ⌊20 · 0.6 / 4⌋ = 3 slots per expert. The first sequence is mostly padding,
     which comes before the second sequence's tokens in group order. Under the original (D18) those
-    padding positions would take slots from the second sequence; here they take none."""
+    padding positions would take slots from the second sequence; here they take none. Both the
+    single-device network (``modeling/inference.py``, which fine-tuning runs the frozen layers on)
+    and the mesh model are checked."""
     params = model_params(num_ext_layers=0, expert_group_size=32, capacity_factor_train=0.6,
                           min_expert_capacity=1)
     assert routing_groups(B, T, 32) == 1
-    model = Model(str(tmp_path / "train"), params, original_weights(params, seed=0), training=True)
+    model = Model(str(tmp_path / "train"), params, original_weights(params, seed=0), training=True, direct=direct)
     try:
         lengths, prefix = [3, T], [2, 4]
         tokens, _ = inputs(seed=4, spout=False)
