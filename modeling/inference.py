@@ -136,7 +136,8 @@ def switch_ffn(x: tf.Tensor, w: Weights, layer: int, config: ModelConfig, nonpad
         limit = routing.capacity
     kept = tf.logical_and(real > 0, slot < tf.cast(limit, tf.float32))
     x = tf.ensure_shape(x, [nonpadding.shape[0] * nonpadding.shape[1], x.shape[1]])   # static token count
-    moe = experts(x, tf.where_v2(tf.reshape(kept, [-1]), tf.reshape(expert, [-1]), E), w, scope, E)
+    expert = tf.reshape(expert, [-1])   # a dropped token joins the first token's expert: no extra expert read
+    moe = experts(x, tf.where_v2(tf.reshape(kept, [-1]), expert, expert[0]), w, scope, E)
     moe *= tf.reshape(gate * tf.cast(kept, tf.float32), [-1, 1])              # dropped tokens: no expert output
     bypass = tf.tanh(tf.matmul(x, w(f"{scope}/softmlp/kernel")))
 
@@ -154,21 +155,20 @@ def switch_ffn(x: tf.Tensor, w: Weights, layer: int, config: ModelConfig, nonpad
 
 
 def experts(x: tf.Tensor, part: tf.Tensor, w: Weights, scope: str, num_experts: int) -> tf.Tensor:
-    """ReLU(x W_i^e) W_o^e for each token's expert ``part`` (``num_experts``: none; its rows are
-    computed with the last expert and must be zeroed by the caller).
+    """ReLU(x W_i^e) W_o^e for each token's expert ``part``.
 
     The experts used are numbered in order of appearance and the tokens partitioned by that number
-    into min(N, E + 1) groups, so a graph for N tokens holds min(N, E + 1) expert multiplications: one
-    for a one-token step. A group's kernels are dim-0 slices of ``wi``/``wo`` (no copy); an empty
-    group multiplies an empty matrix (no work)."""
+    into min(N, E) groups, so a graph for N tokens holds min(N, E) expert multiplications: one for a
+    one-token step. A group's kernels are dim-0 slices of ``wi``/``wo`` (no copy); an empty group
+    multiplies an empty matrix (no work)."""
     used, group = tf.unique(part)
-    groups = min(x.shape[0], num_experts + 1)
+    groups = min(x.shape[0], num_experts)
     rows = tf.dynamic_partition(tf.range(tf.shape(x)[0]), group, groups)
     tokens = tf.dynamic_partition(x, group, groups)
     w_i, w_o = w(f"{scope}/wi/kernel"), w(f"{scope}/wo/kernel")
     outputs = []
     for g in range(groups):
-        e = tf.minimum(used[tf.minimum(g, tf.size(used) - 1)], num_experts - 1)
+        e = used[tf.minimum(g, tf.size(used) - 1)]
         outputs.append(tf.matmul(tf.nn.relu(tf.matmul(tokens[g], w_i[e])), w_o[e]))
     return tf.dynamic_stitch(rows, outputs)
 

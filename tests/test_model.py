@@ -256,6 +256,25 @@ def test_training_groups_padding_takes_no_capacity(tmp_path, direct):
         model.runtime.close()
 
 
+@pytest.mark.parametrize("direct", [True, False], ids=["inference_py", "mesh"])
+def test_training_groups_that_split_sequences_match_reference(tmp_path, direct):
+    """Training mode with expert_group_size 5: G = 4 groups of 5 positions in row-major order, so each
+    sequence is split in two groups (the second's last group is mostly padding), c = ⌊5 · 0.8 / 4⌋ = 1
+    slot per expert per group: many tokens dropped. With a spout, as fine-tuning runs it."""
+    params = model_params(num_ext_layers=2, expert_group_size=5, capacity_factor_train=0.8, min_expert_capacity=1)
+    assert routing_groups(B, T, 5) == 4
+    model = Model(str(tmp_path / "groups"), params, original_weights(params, seed=3), training=True, direct=direct)
+    try:
+        for spout in (False, True):
+            tokens, s = inputs(seed=30 + spout, spout=spout)
+            out = model.run(tokens, PREFIXES["partial"], LENGTHS, s)
+            ref = model.reference(tokens, PREFIXES["partial"], LENGTHS, s, training=True)
+            assert set(ref["capacity"]) == {1} and ref["dropped"].sum() >= 8, ref["dropped"].sum()
+            assert_matches_reference(out, ref, LENGTHS)
+    finally:
+        model.runtime.close()
+
+
 # ---------------------------------------------------------------------------------------------------
 # Same numbers on any mesh.
 # ---------------------------------------------------------------------------------------------------
