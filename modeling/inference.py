@@ -103,7 +103,7 @@ def attention(x: tf.Tensor, w: Weights, layer: int, config: ModelConfig, mask: t
     batch, length = tf.shape(mask)[0], tf.shape(mask)[1]
     qkv = tf.matmul(x, tf.reshape(w(f"model/att{layer}/qkv/kernel"), [d, 3 * d]))
     qkv = tf.transpose(tf.reshape(qkv, [batch, length, 3, heads, d_kv]), [2, 0, 3, 1, 4])  # [3, B, H, T, d_kv]
-    q, k, v = qkv[0], qkv[1], qkv[2]
+    q, k, v = tf.unstack(qkv)   # (its gradient is one stack; slices would each fill a zero tensor)
     keys, values = (k, v) if past is None else (tf.concat([past[0], k], 2), tf.concat([past[1], v], 2))
     scores = tf.matmul(q, keys, transpose_b=True) * (1.0 / math.sqrt(d_kv))
     seen = tf.cast(mask[:, None], tf.float32)
