@@ -245,9 +245,9 @@ def forward(variables: list[tf.Variable], config: ModelConfig, tokens: tf.Tensor
             cache: CacheRead | None = None, routing: TrainingRouting | None = None) -> dict[str, tf.Tensor]:
     """Logits [B, T, V], ``next_logits`` [B, V] at each row's last real token (the head run on those
     positions only), hidden states [B, L, T, d], aux_loss and the inputs' keys/values [L, B, H, T, d_kv]
-    (plus the spout's, ``spout_keys``/``spout_values``, with a spout and no cache). ``routing``: as in
-    training (else per sequence); ``query_index`` [B, T] goes with a ``cache``. ``lengths`` [B] counts each row's real tokens; the rest of its ``length`` positions is
-    padding."""
+    (plus the spout's, ``spout_keys``/``spout_values``, with a spout and no cache). ``lengths`` [B]
+    counts each row's real tokens; the rest of its ``length`` positions is padding. ``query_index``
+    [B, T] goes with a ``cache``; ``routing``: as in training (else each sequence is its own group)."""
     w = Weights(variables)
     nonpadding = tf.sequence_mask(lengths, length, tf.float32)
     batch = tf.shape(tokens)[0]
