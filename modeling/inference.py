@@ -66,16 +66,17 @@ class Layers:
 
 
 class Weights:
-    """The model's weights by their checkpoint names: variables (each read once per graph) or tensors."""
+    """The model's weights by their checkpoint names: variables, each read once per graph (a gather
+    from the variable itself would switch it to copy-on-read: every later read would copy it), or
+    tensors already read."""
 
     def __init__(self, variables: list[tf.Variable] | dict[str, tf.Tensor]):
-        self._sources = variables if isinstance(variables, dict) else {v.op.name: v for v in variables}
-        self._reads: dict[str, tf.Tensor] = {}
+        self._variables = {} if isinstance(variables, dict) else {v.op.name: v for v in variables}
+        self._reads: dict[str, tf.Tensor] = dict(variables) if isinstance(variables, dict) else {}
 
     def __call__(self, name: str) -> tf.Tensor:
         if name not in self._reads:
-            source = self._sources[name]
-            self._reads[name] = source.read_value() if isinstance(source, tf.Variable) else source
+            self._reads[name] = self._variables[name].read_value()
         return self._reads[name]
 
 
