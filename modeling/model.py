@@ -532,7 +532,8 @@ class _DirectLayers(mtf.Operation):
     def __init__(self, config: ModelConfig, inputs: Inputs, count: int, pasts: list | None, jitters: list,
                  routing: tuple[int, int], templates: list[mtf.Tensor]):
         mesh = inputs.tokens.mesh
-        self._weights = sorted((v.name, v.outputs[0]) for v in mesh.graph.all_variables if v.name.startswith("model/"))
+        self._weights = sorted((v.name, v.outputs[0]) for v in mesh.graph.all_variables
+                               if v.name.startswith("model/"))   # the frozen ones: no later layer exists yet
         self._pasts = [t for pair in pasts for t in pair] if pasts else []
         self._jitters = [j for j in jitters if j is not None]
         self._config, self._routing, self._count = config, routing, count
