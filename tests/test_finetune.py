@@ -97,8 +97,9 @@ def test_same_fine_tuning_on_one_device_and_on_model2(setup, tmp_path):
     losses = [[json.loads(line)["loss"] for line in open(tmp_path / run / "train_log.jsonl")] for run in ("one", "two")]
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
     # One device runs the frozen layers as the inference network and back-propagates to the spout by
-    # tf.gradients; the trained weights (the spout projection among them) match the mesh model's.
-    # Adam's first moments sum the gradients (its steps, near lr·sign(g), would amplify rounding).
+    # tf.gradients; its gradients (the spout projection's among them) match the mesh model's, compared
+    # through Adam's first moments, which sum them (the weights would not do: Adam's steps, near
+    # lr·sign(g), amplify rounding).
     moments = [n for n in one if n.endswith("/adam_m")]
     assert "pasts/out/kernel/adam_m" in moments and np.abs(one["pasts/out/kernel/adam_m"]).max() > 1e-4
     for name in moments:
