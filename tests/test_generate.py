@@ -17,6 +17,7 @@ from modeling.cli import UserError
 from modeling.mesh import make_mesh
 from modeling.mtf_compat import tf
 from modeling.runtime import Runtime, open_model_dir
+from reference_gptsan import reference_forward
 
 V = 36000
 IDS = {"start": V - 7, "segmenter": V - 2, "not_token": V - 4, "separator": V - 5, "end_of_text": V - 1,
@@ -27,12 +28,15 @@ def special_ids(vocab: int) -> dict[str, int]:
     return {name: vocab - (V - value) for name, value in IDS.items()}
 
 
+PARAMS = dict(TINY, num_contexts=32, capacity_factor_eval=100.0)   # the capacity drops nothing (so
+WEIGHTS = dict(seed=5, scale=1.0)                                   # full-window and cached runs route alike)
+
+
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    """A tiny random model whose capacity drops nothing (so full-window and cached runs route alike)."""
+    """A tiny random model (PARAMS, WEIGHTS)."""
     path = str(tmp_path_factory.mktemp("gen") / "model")
-    params = dict(TINY, num_contexts=32, capacity_factor_eval=100.0)
-    write_model_dir(path, params, original_weights(params, seed=5, scale=1.0))
+    write_model_dir(path, PARAMS, original_weights(PARAMS, **WEIGHTS))
     return path
 
 
@@ -91,6 +95,38 @@ def test_cached_greedy_equals_full_window_greedy_and_batching_changes_nothing(mo
     fed = dict.fromkeys(range(V), IDS["separator"])
     for prompt, seq in zip(prompts, G.generate(batched, prompts, greedy, IDS, np.random.default_rng(0), fed=fed)):
         assert seq.tokens == full_window_greedy(runtime, prompt, len(seq.tokens), spout, IDS, fed)
+
+
+@pytest.mark.parametrize("spout, ext", [(False, 0), (True, 2)])
+def test_one_row_steps_match_reference(tmp_path, spout, ext):
+    """A one-row generator's steps run ``modeling.decode`` (numpy): fed a known continuation, every
+    step's logits equal the float64 reference's at that position within 1e-5 of the largest logit
+    (with and without a spout and extra dense layers)."""
+    params = dict(PARAMS, num_ext_layers=ext)
+    write_model_dir(str(tmp_path), params, original_weights(params, **WEIGHTS))
+    md = open_model_dir(str(tmp_path))
+    rng = np.random.RandomState(7)
+    prompt = G.Prompt(list(rng.randint(0, 30000, 3)), list(rng.randint(0, 30000, 4)),
+                      rng.rand(8).astype(np.float32) if spout else None)
+    continuation = list(rng.randint(0, 30000, 6))
+    row = prompt.tokens(IDS["start"], IDS["segmenter"])
+    runtime = Runtime(md.config, make_mesh(""))
+    generator = G.Generator(runtime, 1, len(row), spout)
+    assert any(op.type == "PyFuncStateless" for op in runtime.graph.get_operations())   # decode's step
+    runtime.restore(md.checkpoint)
+    generator.start()
+    prefix = len(prompt.prefix) + 1
+    logits = [generator.encode([row], [prefix], prompt.spout[None] if spout else None)["next_logits"][0]]
+    for i, token in enumerate(continuation[:-1]):
+        position = np.array([len(row) + i])
+        logits.append(generator.next(np.array([token]), position, np.array([prefix]), np.array([1]))["next_logits"][0])
+    runtime.close()
+    sequence = row + continuation[:-1]
+    ref = reference_forward(original_weights(params, **WEIGHTS), params, np.array([sequence]), [prefix],
+                            [len(sequence)], prompt.spout[None] if spout else None)
+    expected = ref["logits"][0, len(row) - 1:]
+    error = np.max(np.abs(np.array(logits, np.float64) - expected)) / np.max(np.abs(expected))
+    assert error <= 1e-5 and ref["margin"] > 1e-5, (error, ref["margin"])
 
 
 def sampled_distribution(logits, banned=(), grid: int = 4000, **sampling) -> np.ndarray:
@@ -273,5 +309,6 @@ def test_weights_are_read_densely_so_steps_never_copy_them(model):
     key/value cache may be gathered from."""
     runtime = Runtime(open_model_dir(model).config, make_mesh(""))
     G.Generator(runtime, 2, 6, True)
+    G.Generator(runtime, 1, 6, True)   # one row: modeling.decode's step
     gathered = {op.inputs[0].op.name for op in runtime.graph.get_operations() if op.type == "ResourceGather"}
     assert gathered and all(name.startswith("cache") for name in gathered), gathered
