@@ -1,15 +1,16 @@
-"""One generation step of one row on one device: numpy over the model's variables, in place.
+"""Generation steps of one row on one device, in numpy over the model's variables in place.
 
 Such a step multiplies one row by every weight it reaches, so its time is the bytes it reads.
-TensorFlow's CPU kernels read weights at 15-25 GB/s in one-row products on our 2-core machine,
-numpy's BLAS (OpenBLAS GEMV) at 33-37 GB/s. So the step graph of a one-row generator is a single
-``tf.numpy_function``: a py_func's inputs alias the tensors, so it gets the variables' buffers
-without a copy and the model stays in memory once; sampling and the cache writes stay in the graph
-around it. With several rows the products become small GEMMs, which oneDNN does at about 25 GB/s and
-OpenBLAS at 14-20, so batched steps stay in ``modeling.inference``.
+TensorFlow's CPU kernels read weights at 15-25 GB/s in one-row products on our 2-core machine and
+each ``Session.run`` adds about 2 ms of executor work around them; numpy's BLAS (OpenBLAS GEMV) reads
+at 33-37 GB/s. So a one-row generator keeps its key/value cache in numpy and steps here, on views of
+the variables' buffers (no copy: the model stays in memory once). With several rows the products
+become small GEMMs, which oneDNN does at about 25 GB/s and OpenBLAS at 14-20, so batched steps stay
+in TensorFlow (``modeling.inference``, or the mesh).
 
-It computes spec §3 for the row's new token against the key/value cache (slot-major
-[slots, batch, heads, d_kv]) and is checked against the numpy reference (``tests/test_generate.py``).
+``step`` computes spec §3 for each row's new token against the cache (slot-major
+[slots, batch, heads, d_kv]: the slots a query may see are a leading view) and is checked against
+the numpy reference (``tests/test_generate.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 from modeling import model as network
 from modeling.config import ModelConfig
 from modeling.mtf_compat import tf
+from modeling.runtime import Runtime
 
 Weights = dict[str, np.ndarray]
 
@@ -84,8 +86,7 @@ def step(config: ModelConfig, w: Weights, keys: list[np.ndarray], values: list[n
     tokens' keys and values [L, B, H, d_kv]. ``keys``/``values`` hold per layer the cache's leading
     slots [n, B, H, d_kv], as many as any query may see; ``slot_index`` [B, slots] is the token index
     of every cache slot (as ``model.Cache``)."""
-    n = keys[0].shape[0]
-    memory = slot_index[:, :n]
+    memory = slot_index[:, :keys[0].shape[0]]
     seen = ((memory <= query_index[:, None]) | (memory < prefix[:, None])).astype(np.float32)
     positions = query_index + int(spout_slot)
     x = w["model/wte"][tokens] + w["model/wpe"][positions]
@@ -106,30 +107,60 @@ def step(config: ModelConfig, w: Weights, keys: list[np.ndarray], values: list[n
     return u @ w["model/wte"].T + w["model/wob"], np.stack(new_keys), np.stack(new_values)
 
 
-def forward(variables: list[tf.Variable], config: ModelConfig, cache: list[tuple[tf.Variable, tf.Variable]],
-            placeholders: dict[str, tf.Tensor], spout_slot: bool) -> dict[str, tf.Tensor]:
-    """The step graph around ``step``: ``next_logits`` (and ``logits``) [B(, 1), V], ``keys``/``values``
-    [L, B, H, 1, d_kv]. The placeholders are ``Runtime.forward``'s for one token per row with a cache."""
-    weights = {v.op.name: v for v in variables if v.op.name.startswith("model/")}
-    names = sorted(weights)
-    batch = placeholders["tokens"].shape[0]
-    reads = [weights[name].read_value() for name in names]   # aliased by the py_func: no copy
-    # the slots some query may see, gathered: a dense read would copy the whole cache, since the
-    # scatters that write it put the variables in copy-on-read mode
-    visible = tf.range(tf.reduce_max(placeholders["query_index"]) + int(spout_slot))
-    caches = [var.sparse_read(visible) for pair in cache for var in pair]
+class NumpyCache:
+    """A generator's key/value cache as numpy arrays [layers, slots, batch, heads, d_kv], stepped by
+    ``step`` over views of the model's variables.
 
-    def run(tokens, query_index, prefix, active, slot_index, *arrays):
-        w = dict(zip(names, arrays[:len(names)]))
-        pairs = arrays[len(names):]
-        return step(config, w, list(pairs[0::2]), list(pairs[1::2]), tokens[:, 0], query_index[:, 0], prefix,
-                    active > 0, slot_index, spout_slot)
+    ``start`` takes the views (a py_func's inputs alias the variables' buffers: no copy) and empties
+    the cache; it runs before every generation, so weights restored in between are seen. A view
+    keeps its buffer alive: a variable assigned while a generation runs would keep its old value
+    for that generation."""
 
-    p = placeholders
-    logits, keys, values = tf.numpy_function(
-        run, [p["tokens"], p["query_index"], p["prefix"], p["lengths"], p["slot_index"], *reads, *caches],
-        [tf.float32] * 3, stateful=False, name="decode_step")
-    kv_shape = [config.num_layers, batch, config.num_header, 1, config.head_size]
-    logits = tf.ensure_shape(logits, [batch, config.num_vocabulary])
-    return {"next_logits": logits, "logits": logits[:, None],
-            "keys": tf.reshape(keys, kv_shape), "values": tf.reshape(values, kv_shape)}
+    prompt_fetches = ("keys", "values")   # and the spout's, with a spout
+
+    def __init__(self, runtime: Runtime, batch_size: int, slots: int, spout: bool):
+        c = runtime.config
+        self.runtime, self.spout_slot = runtime, spout
+        shape = [c.num_layers, slots, batch_size, c.num_header, c.head_size]
+        self.keys, self.values = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+        if spout:
+            self.prompt_fetches += ("spout_keys", "spout_values")
+        with runtime.graph.as_default():
+            variables = [v for v in tf.global_variables() if v.op.name.startswith("model/")]
+            self._names = [v.op.name for v in variables]
+            self._take = tf.numpy_function(self._hold, [v.read_value() for v in variables], tf.int32,
+                                           name="weight_views")
+        self.weights: Weights = {}
+
+    def _hold(self, *arrays: np.ndarray) -> np.int32:
+        self.weights = dict(zip(self._names, arrays))
+        return np.int32(len(arrays))
+
+    def start(self) -> None:
+        self.runtime.start().run(self._take)
+        self.keys[:] = 0.0
+        self.values[:] = 0.0
+
+    def write_prompt(self, out: dict[str, np.ndarray]) -> None:
+        """The prompt pass's keys/values [L, B, H, T, d_kv] into slots first … first + T - 1."""
+        first, length = int(self.spout_slot), out["keys"].shape[3]
+        for cache, kind in ((self.keys, "keys"), (self.values, "values")):
+            cache[:, first:first + length] = out[kind].transpose(0, 3, 1, 2, 4)
+            if self.spout_slot:
+                cache[:, 0] = out["spout_" + kind][:, :, :, 0]
+
+    def step(self, tokens: np.ndarray, positions: np.ndarray, prefixes: np.ndarray, active: np.ndarray,
+             slot_index: np.ndarray) -> np.ndarray:
+        """The next token's logits [B, V]; the tokens' keys and values go to slot first + position."""
+        visible = int(positions.max()) + int(self.spout_slot)
+        logits, keys, values = step(self.runtime.config, self.weights, list(self.keys[:, :visible]),
+                                    list(self.values[:, :visible]), tokens, positions, prefixes, active > 0,
+                                    slot_index, self.spout_slot)
+        rows = np.arange(len(tokens))
+        self.keys[:, positions + int(self.spout_slot), rows] = keys
+        self.values[:, positions + int(self.spout_slot), rows] = values
+        return logits
+
+    def reorder(self, parents: np.ndarray) -> None:
+        self.keys = self.keys[:, :, parents]
+        self.values = self.values[:, :, parents]

@@ -1,7 +1,7 @@
 """Text generation with a key/value cache: sampling, beam search, prefix and spout (spec §12, D3-D8, D24).
 
 The prompt ``[SOT] prefix [SEG] context`` is encoded once (the prefix is bidirectional); its keys and
-values go into per-layer cache variables of ``num_contexts`` slots. Each further token runs the
+values go into a per-layer cache of ``num_contexts`` slots. Each further token runs the
 network on one position that attends to the cache, so every token costs the same wherever it is.
 When the positions run out a sequence stops with finish reason ``length`` (no sliding window: the
 start token and the prefix would fall out of it).
@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from modeling import decode
 from modeling.mtf_compat import tf
-from modeling.runtime import Runtime
+from modeling.runtime import Forward, Runtime
 
 INVISIBLE = 1 << 30   # slot index of a cache slot no query may see
 
@@ -59,55 +60,45 @@ class Sequence:
         return float(np.mean(self.logprobs)) if self.logprobs else 0.0
 
 
-def sample(logits: tf.Tensor, uniform: tf.Tensor, options: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
-    """Next tokens [B] drawn in the graph from logits [B, V], and their log-probabilities under the model.
+def sample(logits: np.ndarray, uniform: np.ndarray, sampling: Sampling, banned: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Next tokens [B] drawn from logits [B, V], and their log-probabilities under the model.
 
     The ``banned`` token ids are removed, then temperature, then the ``top_k`` most likely tokens are
-    kept (0: all), then top-p keeps the smallest set of most likely tokens whose probability reaches
-    ``top_p``, including the token that crosses the threshold (``nucleus``). The token is the inverse
-    CDF of the kept probabilities at ``uniform`` [B] (drawn by the caller's seeded generator).
-    ``top_k`` 1 is greedy. Nothing sorts the whole vocabulary.
-    """
-    vocab = logits.shape[-1]
-    banned = options["banned"]
-    is_banned = tf.scatter_nd(banned[:, None], tf.ones_like(banned, tf.bool), [vocab])
-    z = tf.where_v2(is_banned, tf.fill(tf.shape(logits), -np.inf), logits / options["temperature"])
-    k = options["top_k"]
-    everything = (z, tf.broadcast_to(tf.range(vocab), tf.shape(z)))
-    values, ids = tf.cond((k > 0) & (k < vocab), lambda: tuple(tf.math.top_k(z, k)), lambda: everything)
-    probs = tf.nn.softmax(values)
-    probs = tf.where_v2(nucleus(probs, options["top_p"]), probs, 0.0)
-    cdf = tf.cumsum(probs, axis=-1)
-    below = tf.reduce_sum(tf.cast(cdf <= uniform[:, None] * cdf[:, -1:], tf.int32), -1)
-    tokens = tf.gather(ids, tf.minimum(below, tf.shape(probs)[1] - 1), axis=1, batch_dims=1)
-    logprobs = tf.gather(tf.nn.log_softmax(logits), tokens, axis=1, batch_dims=1)
-    return tokens, logprobs
+    kept (0: all; 1: greedy, the first most likely), then top-p keeps the smallest set of most likely
+    tokens whose probability reaches ``top_p``, including the token that crosses it and every token
+    as likely (``nucleus``). The token is the inverse CDF of the kept probabilities, in id order, at
+    ``uniform`` [B] (drawn by the caller's seeded generator)."""
+    z = logits / np.float32(sampling.temperature)
+    z[:, banned] = -np.inf
+    vocab, k = z.shape[1], sampling.top_k
+    tokens = []
+    for row, u in zip(z, uniform):
+        if k == 1:
+            kept = np.array([np.argmax(row)])
+        else:
+            kept = np.sort(np.argpartition(-row, k - 1)[:k]) if 0 < k < vocab else np.arange(vocab)
+        probs = np.exp(row[kept] - row[kept].max())
+        probs /= probs.sum(dtype=np.float64)
+        if sampling.top_p < 1.0:
+            chosen = nucleus(probs, sampling.top_p)
+            kept, probs = kept[chosen], probs[chosen]
+        cdf = np.cumsum(probs, dtype=np.float64)
+        tokens.append(kept[min(np.searchsorted(cdf, u * cdf[-1], side="right"), len(kept) - 1)])
+    tokens = np.array(tokens, np.int64)
+    peak = logits.max(-1)
+    normaliser = peak + np.log(np.exp(logits - peak[:, None]).sum(-1, dtype=np.float64))
+    return tokens, logits[np.arange(len(tokens)), tokens] - normaliser
 
 
-def nucleus(probs: tf.Tensor, top_p: tf.Tensor, bins: int = 1024, span: float = 40.0) -> tf.Tensor:
-    """[B, K] bool: the top-p set of each row of ``probs`` (any order), without sorting the row.
-
-    Tokens are binned by log-probability below the row's most likely one (``span`` nats over
-    ``bins`` bins; the last bin takes the rest, e^-40 of the maximum, which no top_p < 1 reaches).
-    The cumulative mass over bins finds the bin where top_p is crossed; only that bin's tokens are
-    sorted, to find the crossing token, and every token at least that likely is kept."""
-    batch, width = tf.shape(probs)[0], tf.shape(probs)[1]
-    log_p = tf.math.log(probs)
-    bin_of = tf.cast(tf.clip_by_value((tf.reduce_max(log_p, -1, keepdims=True) - log_p) * (bins / span),
-                                      0, bins - 1), tf.int32)                              # 0: most likely
-    rows = tf.range(batch)[:, None] * bins
-    mass = tf.reshape(tf.math.unsorted_segment_sum(probs, bin_of + rows, batch * bins), [batch, bins])
-    above = tf.cumsum(mass, axis=-1, exclusive=True)
-    crossing = tf.reduce_sum(tf.cast(above + mass < top_p, tf.int32), -1, keepdims=True)   # [B, 1]
-    crossing = tf.minimum(crossing, bins - 1)
-    in_bin = tf.equal(bin_of, crossing)
-    size = tf.reduce_max(tf.reduce_sum(tf.cast(in_bin, tf.int32), -1))
-    ranked = tf.math.top_k(tf.where_v2(in_bin, probs, -1.0), tf.minimum(tf.maximum(size, 1), width))[0]
-    ranked = tf.maximum(ranked, 0.0)                                               # the bin, most likely first
-    before = tf.gather(above, crossing, batch_dims=1) + tf.cumsum(ranked, axis=-1, exclusive=True)
-    last = tf.maximum(tf.reduce_sum(tf.cast((before < top_p) & (ranked > 0), tf.int32), -1, keepdims=True), 1)
-    threshold = tf.gather(ranked, last - 1, batch_dims=1)                          # the crossing token's probability
-    return tf.logical_or(top_p >= 1.0, probs >= threshold) & (probs > 0)
+def nucleus(probs: np.ndarray, top_p: float, few: int = 1024) -> np.ndarray:
+    """Sorted indices of the top-p set of ``probs`` [K]: the most likely tokens whose mass reaches
+    ``top_p``, the crossing token included, and every token as likely as it. Only the ``few`` most
+    likely are sorted when they hold ``top_p``, else the whole row."""
+    top = np.argpartition(-probs, few - 1)[:few] if len(probs) > few else slice(None)
+    ranked = probs[top] if probs[top].sum(dtype=np.float64) >= top_p else probs
+    ranked = np.sort(ranked)[::-1]
+    crossing = min(np.searchsorted(np.cumsum(ranked, dtype=np.float64), top_p), len(ranked) - 1)
+    return np.flatnonzero((probs >= ranked[crossing]) & (probs > 0))
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -116,45 +107,89 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class Generator:
-    """Prefill and one-token step graphs over a runtime's weights, with the key/value cache variables.
+    """The prompt pass and one-token steps over a runtime's weights, with a key/value cache of
+    ``num_contexts`` slots per row (slot 0 holds the spout's, if any; token i is in slot i + that).
 
-    The cache holds per layer keys and values [slots, batch, heads, d_kv] (slot-major, so the
-    visible leading slots are read in place). The step writes its own key/value after it has run.
-    Both graphs end in ``sample``, so a step returns tokens, not [batch, vocabulary] logits."""
+    One row on one device steps in numpy (``decode.NumpyCache``: its one-row products read weights
+    about twice as fast there); otherwise the cache is variables and a step is a graph (``GraphCache``)."""
 
     def __init__(self, runtime: Runtime, batch_size: int, prompt_length: int, spout: bool):
-        c = runtime.config
         self.runtime, self.batch_size, self.spout = runtime, batch_size, spout
-        self.slots = c.num_contexts              # P spout slot + token slots (positions never exceed C)
+        self.slots = runtime.config.num_contexts   # positions never exceed C
         self.first_token_slot = int(spout)
-        with runtime.graph.as_default(), tf.variable_scope(None, default_name="cache"):  # unique per generator
-            shape = [self.slots, batch_size, c.num_header, c.head_size]
-            self.cache = [tuple(tf.get_variable(f"{kind}{layer}", shape, initializer=tf.zeros_initializer(),
-                                                trainable=False, collections=[tf.GraphKeys.LOCAL_VARIABLES])
-                                for kind in ("k", "v")) for layer in range(c.num_layers)]
         self.prefill = runtime.forward(batch_size, prompt_length, spout=spout)
-        self.step = runtime.forward(batch_size, 1, spout=spout, cache=self.cache)
-        with runtime.graph.as_default():
-            self._options = {"temperature": tf.placeholder(tf.float32, [], "temperature"),
-                             "top_k": tf.placeholder(tf.int32, [], "top_k"),
-                             "top_p": tf.placeholder(tf.float32, [], "top_p"),
-                             "banned": tf.placeholder(tf.int32, [None], "banned")}
-            for forward in (self.prefill, self.step):
-                uniform = tf.placeholder(tf.float32, [batch_size], "uniform")
-                forward.placeholders.update(self._options, uniform=uniform)
-                forward.tensors["tokens"], forward.tensors["logprobs"] = sample(
-                    forward.tensors["next_logits"], uniform, self._options)
-            self._build_cache_writes()
-            self._init = tf.variables_initializer([v for pair in self.cache for v in pair])
+        if runtime.direct and batch_size == 1:
+            self.cache = decode.NumpyCache(runtime, batch_size, self.slots, spout)
+        else:
+            self.cache = GraphCache(runtime, batch_size, self.slots, spout, self.prefill)
 
-    def _build_cache_writes(self) -> None:
-        first, prefill, step = self.first_token_slot, self.prefill, self.step
+    def start(self) -> None:
+        self.cache.start()
+
+    def warm_up(self) -> None:
+        """Run the prompt pass and one step once (on an empty cache, discarded by ``start``), so that
+        the first real tokens do not pay for TensorFlow's first run of each graph (executor and kernel setup)."""
+        self.start()
+        rows = np.zeros([self.batch_size], np.int32)
+        spouts = np.zeros([self.batch_size, self.runtime.config.num_spout], np.float32) if self.spout else None
+        self.encode([[0]] * self.batch_size, [0] * self.batch_size, spouts)
+        self.next(rows, rows + 1, rows, rows + 1)
+
+    def reorder(self, parents: np.ndarray) -> None:
+        """Beam search: row i continues from row ``parents[i]``'s cache."""
+        self.cache.reorder(parents)
+
+    def encode(self, rows: list[list[int]], prefixes: list[int], spouts: np.ndarray | None) -> np.ndarray:
+        """Run the prompts (right-padded), fill the cache, return the next token's logits [B, V]."""
+        tokens = np.zeros([self.batch_size, self.prefill.length], np.int32)
+        lengths = np.ones([self.batch_size], np.int32)
+        prefix = np.zeros([self.batch_size], np.int32)
+        for i, row in enumerate(rows):
+            tokens[i, :len(row)], lengths[i], prefix[i] = row, len(row), prefixes[i]
+        out = self.runtime.run(self.prefill, ["next_logits", *self.cache.prompt_fetches], tokens, prefix, lengths,
+                               spouts)
+        self.cache.write_prompt(out)
+        return out["next_logits"]
+
+    def next(self, tokens: np.ndarray, positions: np.ndarray, prefixes: np.ndarray, active: np.ndarray) -> np.ndarray:
+        """Feed one token per row at token index ``positions``; returns the next token's logits [B, V]."""
+        slot_index = np.full([self.batch_size, self.slots], INVISIBLE, np.int32)
+        if self.spout:
+            slot_index[:, 0] = -1
+        token_slots = np.arange(self.slots - self.first_token_slot)
+        seen = token_slots[None, :] < positions[:, None]
+        slot_index[:, self.first_token_slot:] = np.where(seen, token_slots[None, :], INVISIBLE)
+        return self.cache.step(tokens.astype(np.int32), positions.astype(np.int32), prefixes.astype(np.int32),
+                               active.astype(np.int32), slot_index)
+
+
+class GraphCache:
+    """Per layer key and value variables [slots, batch, heads, d_kv] (slot-major, so a step reads the
+    visible leading slots in place), written by the prompt graph and by each step's graph."""
+
+    prompt_fetches = ("write_cache",)
+
+    def __init__(self, runtime: Runtime, batch_size: int, slots: int, spout: bool, prefill: Forward):
+        c = runtime.config
+        self.runtime, self.batch_size, self.first = runtime, batch_size, int(spout)
+        with runtime.graph.as_default(), tf.variable_scope(None, default_name="cache"):  # unique per generator
+            shape = [slots, batch_size, c.num_header, c.head_size]
+            self.variables = [tuple(tf.get_variable(f"{kind}{layer}", shape, initializer=tf.zeros_initializer(),
+                                                    trainable=False, collections=[tf.GraphKeys.LOCAL_VARIABLES])
+                                    for kind in ("k", "v")) for layer in range(c.num_layers)]
+        self.step_graph = runtime.forward(batch_size, 1, spout=spout, cache=self.variables)
+        with runtime.graph.as_default():
+            self._build_writes(prefill)
+            self._init = tf.variables_initializer([v for pair in self.variables for v in pair])
+
+    def _build_writes(self, prefill: Forward) -> None:
+        first, step = self.first, self.step_graph
 
         def slot_major(t: tf.Tensor) -> tf.Tensor:   # [B, H, T, d_kv] -> [T, B, H, d_kv]
             return tf.transpose(t, [2, 0, 1, 3])
 
         writes = []
-        for layer, pair in enumerate(self.cache):
+        for layer, pair in enumerate(self.variables):
             for var, kind in zip(pair, ("keys", "values")):
                 writes.append(tf.scatter_update(var, tf.range(first, first + prefill.length),
                                                 slot_major(prefill.tensors[kind][layer])))
@@ -166,62 +201,26 @@ class Generator:
         index = tf.stack([slot, tf.range(self.batch_size)], axis=-1)              # [batch, 2]
         with tf.control_dependencies([step.tensors["next_logits"]]):
             step_writes = [tf.scatter_nd_update(var, index, step.tensors[kind][layer][:, :, 0, :])
-                           for layer, pair in enumerate(self.cache) for var, kind in zip(pair, ("keys", "values"))]
+                           for layer, pair in enumerate(self.variables)
+                           for var, kind in zip(pair, ("keys", "values"))]
         step.tensors["write_cache"] = tf.group(step_writes)
-        parents = tf.placeholder(tf.int32, [self.batch_size], "beam_parents")
-        self._parents = parents
-        self._reorder = tf.group([var.assign(tf.gather(var.read_value(), parents, axis=1))
-                                  for pair in self.cache for var in pair])
+        self._parents = tf.placeholder(tf.int32, [self.batch_size], "beam_parents")
+        self._reorder = tf.group([var.assign(tf.gather(var.read_value(), self._parents, axis=1))
+                                  for pair in self.variables for var in pair])
 
     def start(self) -> None:
         self.runtime.start().run(self._init)
 
-    def warm_up(self) -> None:
-        """Run the prefill and one step once (on a zeroed cache, discarded by ``start``), so that the
-        first real tokens do not pay for TensorFlow's first run of each graph (executor and kernel setup)."""
-        self.start()
-        rows = np.zeros([self.batch_size], np.int32)
-        options = dict(sampling=Sampling(), banned=[], uniform=np.zeros(self.batch_size))
-        spouts = np.zeros([self.batch_size, self.runtime.config.num_spout], np.float32) if self.spout else None
-        self.encode([[0]] * self.batch_size, [0] * self.batch_size, spouts, ("tokens", "logprobs"), **options)
-        self.next(rows, rows + 1, rows, rows + 1, ("tokens", "logprobs"), **options)
+    def write_prompt(self, out: dict[str, np.ndarray]) -> None:
+        """Nothing to do: the prompt graph wrote the cache."""
+
+    def step(self, tokens: np.ndarray, positions: np.ndarray, prefixes: np.ndarray, active: np.ndarray,
+             slot_index: np.ndarray) -> np.ndarray:
+        return self.runtime.run(self.step_graph, ["next_logits", "write_cache"], tokens[:, None], prefixes, active,
+                                query_index=positions[:, None], slot_index=slot_index)["next_logits"]
 
     def reorder(self, parents: np.ndarray) -> None:
-        """Beam search: row i continues from row ``parents[i]``'s cache."""
         self.runtime.start().run(self._reorder, {self._parents: parents})
-
-    def encode(self, rows: list[list[int]], prefixes: list[int], spouts: np.ndarray | None,
-               fetches: tuple[str, ...] = ("next_logits",), **options) -> dict[str, np.ndarray]:
-        """Run the prompts (right-padded) and fill the cache; returns ``fetches`` per row (the next
-        token's ``next_logits``, or a sampled ``tokens`` and its ``logprobs`` given ``options``)."""
-        tokens = np.zeros([self.batch_size, self.prefill.length], np.int32)
-        lengths = np.ones([self.batch_size], np.int32)
-        prefix = np.zeros([self.batch_size], np.int32)
-        for i, row in enumerate(rows):
-            tokens[i, :len(row)], lengths[i], prefix[i] = row, len(row), prefixes[i]
-        return self.runtime.run(self.prefill, [*fetches, "write_cache"], tokens, prefix, lengths, spouts,
-                                **self._sampling_feed(options))
-
-    def next(self, tokens: np.ndarray, positions: np.ndarray, prefixes: np.ndarray, active: np.ndarray,
-             fetches: tuple[str, ...] = ("next_logits",), **options) -> dict[str, np.ndarray]:
-        """Feed one token per row at token index ``positions``; returns ``fetches`` as ``encode``."""
-        slot_index = np.full([self.batch_size, self.slots], INVISIBLE, np.int32)
-        if self.spout:
-            slot_index[:, 0] = -1
-        token_slots = np.arange(self.slots - self.first_token_slot)
-        seen = token_slots[None, :] < positions[:, None]
-        slot_index[:, self.first_token_slot:] = np.where(seen, token_slots[None, :], INVISIBLE)
-        return self.runtime.run(self.step, [*fetches, "write_cache"], tokens[:, None].astype(np.int32),
-                                prefixes.astype(np.int32), active.astype(np.int32),
-                                query_index=positions[:, None].astype(np.int32), slot_index=slot_index,
-                                **self._sampling_feed(options))
-
-    def _sampling_feed(self, options: dict) -> dict[str, np.ndarray]:
-        if not options:
-            return {}
-        s: Sampling = options["sampling"]
-        return {"temperature": np.float32(s.temperature), "top_k": np.int32(s.top_k), "top_p": np.float32(s.top_p),
-                "banned": np.array(options["banned"], np.int32), "uniform": options["uniform"].astype(np.float32)}
 
 
 def generate(generator: Generator, prompts: list[Prompt], sampling: Sampling, ids: dict[str, int],
@@ -241,9 +240,8 @@ def generate(generator: Generator, prompts: list[Prompt], sampling: Sampling, id
     spouts = _spouts(prompts, size, generator)
     started = time.perf_counter()
     generator.start()
-    fetches = ("tokens", "logprobs")
-    options = dict(sampling=sampling, banned=[ids["not_token"], ids["separator"]])
-    out = generator.encode(rows, prefixes.tolist(), spouts, fetches, uniform=rng.random(size), **options)
+    banned = [ids["not_token"], ids["separator"]]
+    tokens, logprobs = sample(generator.encode(rows, prefixes.tolist(), spouts), rng.random(size), sampling, banned)
     positions = np.array([len(r) for r in rows])
     sequences = [Sequence() for _ in prompts]
     active = np.array([True] * len(prompts) + [False] * (size - len(prompts)))
@@ -251,10 +249,10 @@ def generate(generator: Generator, prompts: list[Prompt], sampling: Sampling, id
     while active.any():
         chosen = np.zeros(size, np.int64)
         for row in np.flatnonzero(active):
-            token = int(out["tokens"][row])
+            token = int(tokens[row])
             seq = sequences[row]
             seq.tokens.append(token)
-            seq.logprobs.append(float(out["logprobs"][row]))
+            seq.logprobs.append(float(logprobs[row]))
             chosen[row] = fed.get(token, token)
             if token == ids["end_of_text"]:
                 seq.finish_reason = "end_of_text"
@@ -269,7 +267,8 @@ def generate(generator: Generator, prompts: list[Prompt], sampling: Sampling, id
                 seq.seconds = time.perf_counter() - started
         if not active.any():
             break
-        out = generator.next(chosen, positions, prefixes, active, fetches, uniform=rng.random(size), **options)
+        tokens, logprobs = sample(generator.next(chosen, positions, prefixes, active), rng.random(size), sampling,
+                                  banned)
         positions = positions + active
     return sequences
 
@@ -295,7 +294,7 @@ def beam_search(generator: Generator, prompt: Prompt, sampling: Sampling, ids: d
     banned = [ids["not_token"], ids["separator"]]
     started = time.perf_counter()
     generator.start()
-    logits = generator.encode([row] * width, prefixes.tolist(), _spouts([prompt] * width, width, generator))["next_logits"]
+    logits = generator.encode([row] * width, prefixes.tolist(), _spouts([prompt] * width, width, generator))
     limit = generator.slots - generator.first_token_slot
     beams = [Sequence()]                       # live beams; at the start only one (all rows are equal)
     finished: list[Sequence] = []
@@ -328,7 +327,7 @@ def beam_search(generator: Generator, prompt: Prompt, sampling: Sampling, ids: d
         generator.reorder(np.array(padded, np.int32))
         chosen = np.array([(fed or {}).get(t, t) for t in tokens] + [0] * (width - len(tokens)))
         active = np.array([True] * len(tokens) + [False] * (width - len(tokens)))
-        logits = generator.next(chosen, np.full(width, position), prefixes, active)["next_logits"]
+        logits = generator.next(chosen, np.full(width, position), prefixes, active)
         position += 1
     return sorted(finished, key=lambda s: -s.score)
 

@@ -11,9 +11,6 @@ as ``model.forward`` at inference) the direct way:
   multiplies an empty matrix (no work). A decoding step thus reads one expert per token, no more;
 * attention to a key/value cache gathers only the slots that can be visible, in place.
 
-A generation step of one row runs ``modeling.decode`` instead (numpy reads one-row products' weights
-about twice as fast).
-
 It is checked against the same numpy reference as the mesh model (``tests/test_model.py``).
 """
 

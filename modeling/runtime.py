@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from modeling import checkpoint, hub
-from modeling import decode, inference
+from modeling import inference
 from modeling import model as network
 from modeling.cli import UserError
 from modeling.config import ModelConfig, Parameters, read_parameters
@@ -200,11 +200,8 @@ class Runtime:
     def _direct(self, placeholders: dict[str, tf.Tensor], length: int, spout: bool,
                 cache: list[tuple[tf.Variable, tf.Variable]] | None,
                 routing: inference.TrainingRouting | None) -> dict[str, tf.Tensor]:
-        """``modeling.inference`` on the placeholders; a cached step reads only the slots it may see, and
-        a one-row one-token step is ``modeling.decode``."""
+        """``modeling.inference`` on the placeholders; a cached step reads only the slots it may see."""
         read = None
-        if cache is not None and length == 1 and placeholders["tokens"].shape[0] == 1:
-            return decode.forward(tf.global_variables(), self.config, cache, placeholders, spout)
         if cache is not None:
             query_index = placeholders["query_index"]
             read = inference.CacheRead(keys=[k for k, _ in cache], values=[v for _, v in cache],

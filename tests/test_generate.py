@@ -12,7 +12,7 @@ import pytest
 import run_generate
 from encode_swe import SWEEncoder
 from model_dirs import TINY, original_weights, write_model_dir
-from modeling import generation as G
+from modeling import decode, generation as G
 from modeling.cli import UserError
 from modeling.mesh import make_mesh
 from modeling.mtf_compat import tf
@@ -112,14 +112,14 @@ def test_one_row_steps_match_reference(tmp_path, spout, ext):
     row = prompt.tokens(IDS["start"], IDS["segmenter"])
     runtime = Runtime(md.config, make_mesh(""))
     generator = G.Generator(runtime, 1, len(row), spout)
-    assert any(op.type == "PyFuncStateless" for op in runtime.graph.get_operations())   # decode's step
+    assert isinstance(generator.cache, decode.NumpyCache)
     runtime.restore(md.checkpoint)
     generator.start()
     prefix = len(prompt.prefix) + 1
-    logits = [generator.encode([row], [prefix], prompt.spout[None] if spout else None)["next_logits"][0]]
+    logits = [generator.encode([row], [prefix], prompt.spout[None] if spout else None)[0]]
     for i, token in enumerate(continuation[:-1]):
         position = np.array([len(row) + i])
-        logits.append(generator.next(np.array([token]), position, np.array([prefix]), np.array([1]))["next_logits"][0])
+        logits.append(generator.next(np.array([token]), position, np.array([prefix]), np.array([1]))[0])
     runtime.close()
     sequence = row + continuation[:-1]
     ref = reference_forward(original_weights(params, **WEIGHTS), params, np.array([sequence]), [prefix],
@@ -130,18 +130,14 @@ def test_one_row_steps_match_reference(tmp_path, spout, ext):
 
 
 def sampled_distribution(logits, banned=(), grid: int = 4000, **sampling) -> np.ndarray:
-    """The probability of each token under the in-graph sampler: the share of ``grid`` evenly spaced
-    uniform draws that pick it (exact up to 1/grid, since the sampler is an inverse CDF). ``logits``
-    [V] or [R, V]: R different rows sampled in one batch (then one distribution per row)."""
-    s = G.Sampling(**sampling)
+    """The probability of each token under the sampler: the share of ``grid`` evenly spaced uniform
+    draws that pick it (exact up to 1/grid, since the sampler is an inverse CDF). ``logits`` [V] or
+    [R, V]: R different rows sampled in one batch (then one distribution per row)."""
     logits = np.atleast_2d(np.asarray(logits, np.float32))
     rows, vocab = logits.shape
-    with tf.Graph().as_default(), tf.Session() as session:
-        uniform = np.tile((np.arange(grid) + 0.5) / grid, rows)
-        options = {"temperature": tf.constant(s.temperature, tf.float32), "top_k": tf.constant(s.top_k),
-                   "top_p": tf.constant(s.top_p, tf.float32), "banned": tf.constant(list(banned), tf.int32)}
-        batch = np.repeat(logits, grid, axis=0)
-        tokens, logprobs = session.run(G.sample(tf.constant(batch), tf.constant(uniform, tf.float32), options))
+    uniform = np.tile((np.arange(grid) + 0.5) / grid, rows)
+    batch = np.repeat(logits, grid, axis=0)
+    tokens, logprobs = G.sample(batch, uniform, G.Sampling(**sampling), list(banned))
     np.testing.assert_allclose(logprobs, np.log(np.exp(batch) / np.exp(batch).sum(1, keepdims=True))[
         np.arange(len(batch)), tokens], rtol=1e-5)   # the model's own log-probability, whatever the filters
     counts = [np.bincount(row, minlength=vocab) / grid for row in tokens.reshape(rows, grid)]
@@ -168,9 +164,8 @@ def test_sampler_filters_temperature_top_k_and_top_p():
 
 
 def test_sampler_top_p_over_a_large_vocabulary():
-    """600 tokens in one batch: a flat row (the 0.9 nucleus holds 529 tokens, many per
-    log-probability bin) and a peaked row (10 tokens spread over about 128 bins): the nucleus found
-    by bins equals the one found by sorting, row by row."""
+    """600 tokens in one batch, a flat row (the 0.9 nucleus holds 529 tokens) and a peaked row (10
+    tokens): the sampled distributions are the nucleus found by sorting, renormalised, row by row."""
     rng = np.random.RandomState(3)
     logits = np.stack([rng.randn(600) * 0.1, rng.randn(600) * 3.0])
     expected = []
@@ -186,6 +181,23 @@ def test_sampler_top_p_over_a_large_vocabulary():
     grid = 4000   # 2/grid = 5e-4 is below every kept token's probability (>= 1.6e-3): a token wrongly kept or
     np.testing.assert_allclose(sampled_distribution(logits, grid=grid, top_k=0, top_p=0.9), expected,
                                atol=2.0 / grid)   # dropped fails the comparison
+
+
+def test_nucleus_equals_sorting_the_whole_row():
+    """The top-p set found among the top 1,024 tokens (all of them when those hold less than top_p) is
+    the one found by sorting all 20,000, for nuclei of under and over 1,024 tokens; and every token as
+    likely as the crossing one is kept."""
+    rng = np.random.RandomState(5)
+    sizes = []
+    for scale, top_p in ((4.0, 0.5), (0.5, 0.3), (0.01, 0.95)):
+        p = np.exp(rng.randn(20000) * scale)
+        p /= p.sum()
+        ranked = np.sort(p)[::-1]
+        expected = np.flatnonzero(p >= ranked[np.searchsorted(np.cumsum(ranked), top_p)])
+        np.testing.assert_array_equal(G.nucleus(p, top_p), expected)
+        sizes.append(len(expected))
+    assert sizes[0] < 1024 < sizes[1] < sizes[2], sizes
+    np.testing.assert_array_equal(G.nucleus(np.array([0.3, 0.2, 0.2, 0.2, 0.1]), 0.4), [0, 1, 2, 3])
 
 
 def test_beam_search_finds_the_best_sequence_of_an_exhaustive_search(tmp_path):
@@ -312,3 +324,20 @@ def test_weights_are_read_densely_so_steps_never_copy_them(model):
     G.Generator(runtime, 1, 6, True)   # one row: modeling.decode's step
     gathered = {op.inputs[0].op.name for op in runtime.graph.get_operations() if op.type == "ResourceGather"}
     assert gathered and all(name.startswith("cache") for name in gathered), gathered
+
+
+def test_one_row_steps_read_the_variables_in_place(model):
+    """A one-row generator's numpy steps use views of the variables' buffers, taken anew by every
+    ``start``: taken twice (the first ones still held), they are the same memory. Copies would put the
+    model in memory twice and never see a later restore."""
+    md = open_model_dir(model)
+    runtime = Runtime(md.config, make_mesh(""))
+    generator = G.Generator(runtime, 1, 6, False)
+    runtime.restore(md.checkpoint)
+    generator.start()
+    first = dict(generator.cache.weights)
+    generator.start()
+    assert set(first) == {name for name in runtime.variable_shapes() if name.startswith("model/")}
+    assert {k: v.ctypes.data for k, v in first.items()} == {k: v.ctypes.data for k, v in generator.cache.weights.items()}
+    runtime.close()
+
