@@ -74,16 +74,17 @@ def sample(logits: np.ndarray, uniform: np.ndarray, sampling: Sampling, banned: 
     tokens = []
     for row, u in zip(z, uniform):
         if k == 1:
-            kept = np.array([np.argmax(row)])
-        else:
-            kept = np.sort(np.argpartition(-row, k - 1)[:k]) if 0 < k < vocab else np.arange(vocab)
-        probs = np.exp(row[kept] - row[kept].max())
+            tokens.append(np.argmax(row))
+            continue
+        probs = np.exp(row - row.max())
+        if 0 < k < vocab:
+            probs[np.argpartition(-row, k - 1)[k:]] = 0.0
         probs /= probs.sum(dtype=np.float64)
         if sampling.top_p < 1.0:
-            chosen = nucleus(probs, sampling.top_p)
-            kept, probs = kept[chosen], probs[chosen]
-        cdf = np.cumsum(probs, dtype=np.float64)
-        tokens.append(kept[min(np.searchsorted(cdf, u * cdf[-1], side="right"), len(kept) - 1)])
+            kept = nucleus(probs, sampling.top_p)
+            probs, probs[kept] = np.zeros_like(probs), probs[kept]
+        # the first token whose running sum exceeds u: a token of probability 0 is never drawn
+        tokens.append(first_reaching(probs, u * probs.sum(dtype=np.float64), strictly=True))
     tokens = np.array(tokens, np.int64)
     peak = logits.max(-1)
     normaliser = peak + np.log(np.exp(logits - peak[:, None]).sum(-1, dtype=np.float64))
@@ -97,8 +98,20 @@ def nucleus(probs: np.ndarray, top_p: float, few: int = 1024) -> np.ndarray:
     top = np.argpartition(-probs, few - 1)[:few] if len(probs) > few else slice(None)
     ranked = probs[top] if probs[top].sum(dtype=np.float64) >= top_p else probs
     ranked = np.sort(ranked)[::-1]
-    crossing = min(np.searchsorted(np.cumsum(ranked, dtype=np.float64), top_p), len(ranked) - 1)
-    return np.flatnonzero((probs >= ranked[crossing]) & (probs > 0))
+    return np.flatnonzero((probs >= ranked[first_reaching(ranked, top_p)]) & (probs > 0))
+
+
+def first_reaching(values: np.ndarray, target: float, strictly: bool = False, block: int = 1024) -> int:
+    """The first index whose running sum of ``values`` reaches ``target`` (exceeds it if ``strictly``),
+    else the last index. Sums blocks first, then runs within one block (``np.cumsum`` over a whole
+    36k row is a scalar loop, 0.1 ms)."""
+    side = "right" if strictly else "left"
+    padded = np.zeros(-(-len(values) // block) * block)
+    padded[:len(values)] = values
+    totals = np.cumsum(padded.reshape(-1, block).sum(1))
+    b = min(np.searchsorted(totals, target, side), len(totals) - 1)
+    running = np.cumsum(padded[b * block:(b + 1) * block]) + (totals[b - 1] if b else 0.0)
+    return min(b * block + int(np.searchsorted(running, target, side)), len(values) - 1)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

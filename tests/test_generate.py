@@ -200,6 +200,21 @@ def test_nucleus_equals_sorting_the_whole_row():
     np.testing.assert_array_equal(G.nucleus(np.array([0.3, 0.2, 0.2, 0.2, 0.1]), 0.4), [0, 1, 2, 3])
 
 
+def test_first_reaching_equals_a_running_sum():
+    """The blockwise search for the index where a running sum reaches a target equals searching the
+    full running sum: across blocks, next to a block's end, over zeros, at 0 and past the total (the
+    two sum in different orders, so a target within rounding of a partial sum may go either way)."""
+    rng = np.random.RandomState(9)
+    values = rng.rand(5000) * (rng.rand(5000) < 0.7)          # 30 % zeros: flat steps of the sum
+    running = np.cumsum(values)
+    near_ends = [running[i] + delta for i in (1023, 2047) for delta in (-1e-9, 1e-9)]
+    targets = list(rng.rand(200) * running[-1]) + near_ends + [0.0, running[-1] + 1.0]
+    for target in targets:
+        for strictly, side in ((False, "left"), (True, "right")):
+            expected = min(np.searchsorted(running, target, side), len(values) - 1)
+            assert G.first_reaching(values, target, strictly) == expected, (target, strictly)
+
+
 def test_beam_search_finds_the_best_sequence_of_an_exhaustive_search(tmp_path):
     vocab = 12
     params = dict(TINY, num_vocabulary=vocab, num_contexts=16, num_spout=0)
