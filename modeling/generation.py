@@ -81,8 +81,7 @@ def sample(logits: np.ndarray, uniform: np.ndarray, sampling: Sampling, banned: 
             probs[np.argpartition(-row, k - 1)[k:]] = 0.0
         probs /= probs.sum(dtype=np.float64)
         if sampling.top_p < 1.0:
-            kept = nucleus(probs, sampling.top_p)
-            probs, probs[kept] = np.zeros_like(probs), probs[kept]
+            probs = np.where(probs >= nucleus(probs, sampling.top_p), probs, 0.0)
         # the first token whose running sum exceeds u: a token of probability 0 is never drawn
         tokens.append(first_reaching(probs, u * probs.sum(dtype=np.float64), strictly=True))
     tokens = np.array(tokens, np.int64)
@@ -91,14 +90,17 @@ def sample(logits: np.ndarray, uniform: np.ndarray, sampling: Sampling, banned: 
     return tokens, logits[np.arange(len(tokens)), tokens] - normaliser
 
 
-def nucleus(probs: np.ndarray, top_p: float, few: int = 1024) -> np.ndarray:
-    """Sorted indices of the top-p set of ``probs`` [K]: the most likely tokens whose mass reaches
-    ``top_p``, the crossing token included, and every token as likely as it. Only the ``few`` most
-    likely are sorted when they hold ``top_p``, else the whole row."""
-    top = np.argpartition(-probs, few - 1)[:few] if len(probs) > few else slice(None)
-    ranked = probs[top] if probs[top].sum(dtype=np.float64) >= top_p else probs
+def nucleus(probs: np.ndarray, top_p: float, few: int = 1024) -> float:
+    """The top-p threshold of ``probs`` [K]: the probability of the token whose mass, summed most likely
+    first, reaches ``top_p``. The top-p set is every token at least that likely (the crossing token
+    and its ties included). Only the ``few`` most likely are sorted when they hold ``top_p``, else
+    the whole row."""
+    ranked = probs
+    if len(probs) > few and probs.max() * few >= top_p:   # else they cannot hold it
+        top = probs[np.argpartition(-probs, few - 1)[:few]]
+        ranked = top if top.sum(dtype=np.float64) >= top_p else probs
     ranked = np.sort(ranked)[::-1]
-    return np.flatnonzero((probs >= ranked[first_reaching(ranked, top_p)]) & (probs > 0))
+    return float(ranked[first_reaching(ranked, top_p)])
 
 
 def first_reaching(values: np.ndarray, target: float, strictly: bool = False, block: int = 1024) -> int:
