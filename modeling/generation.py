@@ -76,31 +76,32 @@ def sample(logits: np.ndarray, uniform: np.ndarray, sampling: Sampling, banned: 
         if k == 1:
             tokens.append(np.argmax(row))
             continue
-        probs = np.exp(row - row.max())
+        probs = np.exp(np.subtract(row, row.max(), out=row), out=row)   # unnormalised, in place
         if 0 < k < vocab:
-            probs[np.argpartition(-row, k - 1)[k:]] = 0.0
-        probs /= probs.sum(dtype=np.float64)
+            probs[np.argpartition(probs, vocab - k)[:vocab - k]] = 0.0
+        total = probs.sum(dtype=np.float64)
         if sampling.top_p < 1.0:
-            probs = np.where(probs >= nucleus(probs, sampling.top_p), probs, 0.0)
+            np.multiply(probs, probs >= nucleus(probs, sampling.top_p * total), out=probs)
+            total = probs.sum(dtype=np.float64)
         # the first token whose running sum exceeds u: a token of probability 0 is never drawn
-        tokens.append(first_reaching(probs, u * probs.sum(dtype=np.float64), strictly=True))
+        tokens.append(first_reaching(probs, u * total, strictly=True))
     tokens = np.array(tokens, np.int64)
     peak = logits.max(-1)
     normaliser = peak + np.log(np.exp(logits - peak[:, None]).sum(-1, dtype=np.float64))
     return tokens, logits[np.arange(len(tokens)), tokens] - normaliser
 
 
-def nucleus(probs: np.ndarray, top_p: float, few: int = 1024) -> float:
-    """The top-p threshold of ``probs`` [K]: the probability of the token whose mass, summed most likely
-    first, reaches ``top_p``. The top-p set is every token at least that likely (the crossing token
-    and its ties included). Only the ``few`` most likely are sorted when they hold ``top_p``, else
-    the whole row."""
+def nucleus(probs: np.ndarray, mass: float, few: int = 1024) -> float:
+    """The top-p threshold of ``probs`` [K] (not necessarily normalised): the probability of the token
+    whose running sum, most likely first, reaches ``mass`` (top_p times the total). The top-p set is
+    every token at least that likely (the crossing token and its ties included). Only the ``few``
+    most likely are sorted when they hold ``mass``, else the whole row."""
     ranked = probs
-    if len(probs) > few and probs.max() * few >= top_p:   # else they cannot hold it
-        top = probs[np.argpartition(-probs, few - 1)[:few]]
-        ranked = top if top.sum(dtype=np.float64) >= top_p else probs
+    if len(probs) > few and probs.max() * few >= mass:   # else they cannot hold it
+        top = probs[np.argpartition(probs, len(probs) - few)[-few:]]
+        ranked = top if top.sum(dtype=np.float64) >= mass else probs
     ranked = np.sort(ranked)[::-1]
-    return float(ranked[first_reaching(ranked, top_p)])
+    return float(ranked[first_reaching(ranked, mass)])
 
 
 def first_reaching(values: np.ndarray, target: float, strictly: bool = False, block: int = 1024) -> int:
@@ -108,12 +109,11 @@ def first_reaching(values: np.ndarray, target: float, strictly: bool = False, bl
     else the last index. Sums blocks first, then runs within one block (``np.cumsum`` over a whole
     36k row is a scalar loop, 0.1 ms)."""
     side = "right" if strictly else "left"
-    padded = np.zeros(-(-len(values) // block) * block)
-    padded[:len(values)] = values
-    totals = np.cumsum(padded.reshape(-1, block).sum(1))
-    b = min(np.searchsorted(totals, target, side), len(totals) - 1)
-    running = np.cumsum(padded[b * block:(b + 1) * block]) + (totals[b - 1] if b else 0.0)
-    return min(b * block + int(np.searchsorted(running, target, side)), len(values) - 1)
+    starts = np.arange(0, len(values), block)
+    totals = np.cumsum(np.add.reduceat(values, starts, dtype=np.float64))
+    b = min(int(np.searchsorted(totals, target, side)), len(totals) - 1)
+    running = np.cumsum(values[starts[b]:starts[b] + block], dtype=np.float64) + (totals[b - 1] if b else 0.0)
+    return min(int(starts[b] + np.searchsorted(running, target, side)), len(values) - 1)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

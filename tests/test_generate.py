@@ -185,8 +185,8 @@ def test_sampler_top_p_over_a_large_vocabulary():
 
 def test_nucleus_equals_sorting_the_whole_row():
     """The top-p threshold found among the top 1,024 tokens (all of them when those hold less than top_p)
-    gives the set found by sorting all 20,000, for nuclei of under and over 1,024 tokens; ties of the
-    crossing token are kept."""
+    gives the set found by sorting all 20,000, for nuclei of under and over 1,024 tokens, normalised or
+    not (the sampler passes exp(z - max z) and top_p times its sum); ties of the crossing token are kept."""
     rng = np.random.RandomState(5)
     sizes = []
     for scale, top_p in ((4.0, 0.5), (0.5, 0.3), (0.01, 0.95)):
@@ -195,6 +195,9 @@ def test_nucleus_equals_sorting_the_whole_row():
         ranked = np.sort(p)[::-1]
         expected = np.flatnonzero(p >= ranked[np.searchsorted(np.cumsum(ranked), top_p)])
         np.testing.assert_array_equal(np.flatnonzero(p >= G.nucleus(p, top_p)), expected)
+        unnormalised = p / p.max()
+        mass = top_p * unnormalised.sum(dtype=np.float64)
+        np.testing.assert_array_equal(np.flatnonzero(unnormalised >= G.nucleus(unnormalised, mass)), expected)
         sizes.append(len(expected))
     assert sizes[0] < 1024 < sizes[1] < sizes[2], sizes
     assert G.nucleus(np.array([0.3, 0.2, 0.2, 0.2, 0.1]), 0.4) == 0.2   # all three 0.2s are kept
