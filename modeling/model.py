@@ -218,13 +218,12 @@ def attention(x: mtf.Tensor, dims: Dims, mask: AttentionMask, past: tuple[mtf.Te
     w_qkv = variable(x.mesh, "qkv/kernel", [dims.d_model, dims.qkv, dims.heads, dims.d_kv], _normal(0.02), dtype)
     w_o = variable(x.mesh, "o/kernel", [dims.heads, dims.d_kv, dims.d_model], _normal(0.02), dtype)
 
-    def project(index: int) -> mtf.Tensor:
-        w = mtf.slice(w_qkv, index, 1, "qkv")  # einsum sums the size-1 'qkv' dimension away
-        return mtf.einsum([x, w], mtf.Shape([batch, dims.heads, length, dims.d_kv]))
-
-    q = project(0)
-    k = mtf.rename_dimension(project(1), "length", "memory")
-    v = mtf.rename_dimension(project(2), "length", "memory")
+    # one product for q, k and v, laid out as a plain matmul gives it; the keys and values are
+    # transposed to the cache layout [batch, heads, memory, d_kv] (a copy of 2 x T x d, not a weight)
+    qkv = mtf.einsum([x, w_qkv], mtf.Shape([batch, length, dims.qkv, dims.heads, dims.d_kv]))
+    q, k, v = mtf.unstack(qkv, dims.qkv)
+    k, v = (mtf.transpose(mtf.rename_dimension(t, "length", "memory"), [batch, dims.heads, memory, dims.d_kv])
+            for t in (k, v))
     present = (k, v)
     if past is not None:
         k, v = (mtf.concat([mtf.cast(p, k.dtype), t], "memory") for p, t in zip(past, (k, v)))
@@ -233,7 +232,7 @@ def attention(x: mtf.Tensor, dims: Dims, mask: AttentionMask, past: tuple[mtf.Te
                         mtf.Shape([batch, dims.heads, length, memory])) * (1.0 / math.sqrt(dims.d_kv.size))
     visible = mask.visible(tf.float32)
     weights = mtf.softmax(scores * visible - 10000.0 * (1.0 - visible), memory)
-    context = mtf.einsum([mtf.cast(weights, x.dtype), v], mtf.Shape([batch, dims.heads, length, dims.d_kv]))
+    context = mtf.einsum([mtf.cast(weights, x.dtype), v], mtf.Shape([batch, length, dims.heads, dims.d_kv]))
     return mtf.einsum([context, w_o], x.shape), present
 
 
