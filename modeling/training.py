@@ -207,15 +207,16 @@ class _AdamW(mtf.Operation):
 
 def apply_adamw(var: tf.Variable, m: tf.Variable, v: tf.Variable, grad: tf.Tensor, lr: tf.Tensor,
                 finite: tf.Tensor, weight_decay: float) -> tf.Operation:
-    """var -= lr * (m' / (sqrt(v') + eps) + weight_decay * var), m' and v' Adam's moments (no bias
-    correction: TensorFlow's fused Adam with both beta powers 0; it computes 1 - beta2 in float32, so
+    """var = var * (1 - lr * weight_decay) - lr * m' / (sqrt(v') + eps), m' and v' Adam's moments (no
+    bias correction: TensorFlow's fused Adam with both beta powers 0; it computes 1 - beta2 in float32, so
     g² weighs 1.3e-5 less than in the formula). Where not ``finite``, the learning rate is 0 and both
     betas 1, which leaves var, m and v exactly as they were (``grad`` must then be finite, e.g. zeros)."""
     lr = tf.where(finite, lr, 0.0)
     decay = []
-    if weight_decay:   # with the old weights, before Adam's step
-        decay = [tf.raw_ops.ResourceApplyGradientDescent(var=var.handle, alpha=lr * weight_decay,
-                                                         delta=var.read_value())]
+    if weight_decay:   # with the old weights, before Adam's step; as a new value, because an update
+        # in place whose operand is the variable's own buffer copies it first (2x the memory passes)
+        decay = [tf.raw_ops.AssignVariableOp(resource=var.handle,
+                                             value=var.read_value() * (1.0 - lr * weight_decay))]
     with tf.control_dependencies(decay):
         return tf.raw_ops.ResourceApplyAdam(
             var=var.handle, m=m.handle, v=v.handle, beta1_power=0.0, beta2_power=0.0, lr=lr,
