@@ -196,8 +196,9 @@ def bench_width(port_python: str | None, tokens: int, repeats: int) -> None:
                                   / (steady(greedy) + steady(greedy_again)) - 1)
             ours["greedy8"].append(run_ours("generate", directory=directory, batch=8, tokens=tokens,
                                             samples=[False])[0][0])
-            for name, batch, sample in cases if port_python else ():
-                port[name].append(run_port(port_python, BENCH, npz, batch, tokens, sample)[0])
+            if port_python:
+                for name, batch, sample in cases:
+                    port[name].append(run_port(port_python, BENCH, npz, batch, tokens, sample)[0])
     print(f"bench width: d={BENCH['num_hidden']} heads={BENCH['num_header']} switch layers="
           f"{BENCH['num_switch_layers']} experts={BENCH['num_experts']} V={BENCH['num_vocabulary']} "
           f"C={BENCH['num_contexts']}, {PROMPT_TOKENS}-token prompt, {tokens} tokens, one CPU device")
