@@ -563,7 +563,7 @@ class _DirectLayers(mtf.Operation):
         mask, positions = inference.prefix_lm_inputs(tokens, prefix, bool(pasts))
         routing = inference.TrainingRouting(*self._routing, [tf.reshape(j, [-1, c.num_hidden]) for j in jitters]
                                             if jitters else None)
-        with tf.get_default_graph().gradient_override_map({"MatMul": "WeightsFirstMatMul"}):
+        with tf.get_default_graph().gradient_override_map({"MatMul": "StreamedWeightMatMul"}):
             net = inference.layers(inference.embed(w, tokens, positions), w, c, mask, positions,
                                    [tuple(pasts[2 * i:2 * i + 2]) for i in range(self._count)] if pasts
                                    else [None] * self._count, nonpadding, self._count, routing)
@@ -578,15 +578,20 @@ class _DirectLayers(mtf.Operation):
         return [next(grads) if 3 <= i < 3 + len(self._pasts) else None for i in range(len(self.inputs))]
 
 
-@tf.RegisterGradient("WeightsFirstMatMul")
-def _weights_first_matmul_gradient(op: tf.Operation, grad: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """The gradient of a plain x·W with dx = (W·dyᵀ)ᵀ instead of dy·Wᵀ: oneDNN reads a transposed
-    weight 4-5x slower than a plain one when few rows multiply it (an expert's tokens), and no slower
-    at many."""
+@tf.RegisterGradient("StreamedWeightMatMul")
+def _streamed_weight_matmul_gradient(op: tf.Operation, grad: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The gradient of a plain x·W whose dx reads all of W for few rows (an expert's tokens): dx as
+    a batched product of one matrix, which oneDNN runs with its matmul primitive instead of the
+    sgemm of MatMul, and a wide W (d × d_ff) as (W·dyᵀ)ᵀ, a tall one as dy·Wᵀ. At 8-32 rows this
+    reads a 2.8B expert 15-30 % faster than the best MatMul form, and it is no slower at 256 rows."""
     if op.get_attr("transpose_a") or op.get_attr("transpose_b"):
         raise NotImplementedError("the direct layers multiply by their weights without transposes")
     x, w = op.inputs
-    return tf.transpose(tf.matmul(w, grad, transpose_b=True)), tf.matmul(x, grad, transpose_a=True)
+    if w.shape[0] < w.shape[1]:
+        dx = tf.transpose(tf.matmul(w[None], grad[None], transpose_b=True)[0])
+    else:
+        dx = tf.matmul(grad[None], w[None], transpose_b=True)[0]
+    return dx, tf.matmul(x, grad, transpose_a=True)
 
 
 class _DirectGradient(mtf.Operation):
