@@ -137,8 +137,13 @@ def switch_ffn(x: tf.Tensor, w: Weights, layer: int, config: ModelConfig, nonpad
         limit = routing.capacity
     kept = tf.logical_and(real > 0, slot < tf.cast(limit, tf.float32))
     x = tf.ensure_shape(x, [nonpadding.shape[0] * nonpadding.shape[1], x.shape[1]])   # static token count
-    expert = tf.reshape(expert, [-1])   # a dropped token joins the first token's expert: no extra expert read
-    moe = experts(x, tf.where_v2(tf.reshape(kept, [-1]), expert, expert[0]), w, scope, E)
+    expert, kept_rows = tf.reshape(expert, [-1]), tf.reshape(kept, [-1])
+    if routing is None:   # a dropped token (rare) joins the first token's expert: no extra expert read
+        moe = experts(x, tf.where_v2(kept_rows, expert, expert[0]), w, scope, E)
+    else:   # training drops many more (62-79 % per layer in an untrained model): they multiply nothing
+        rows = tf.where(kept_rows)
+        moe = tf.scatter_nd(rows, experts(tf.gather_nd(x, rows), tf.gather_nd(expert, rows), w, scope, E),
+                            tf.shape(x, out_type=tf.int64))
     moe *= tf.reshape(gate * tf.cast(kept, tf.float32), [-1, 1])              # dropped tokens: no expert output
     bypass = tf.tanh(tf.matmul(x, w(f"{scope}/softmlp/kernel")))
 
@@ -163,7 +168,7 @@ def experts(x: tf.Tensor, part: tf.Tensor, w: Weights, scope: str, num_experts: 
     one-token step. A group's kernels are dim-0 slices of ``wi``/``wo`` (no copy); an empty group
     multiplies an empty matrix (no work)."""
     used, group = tf.unique(part)
-    groups = min(x.shape[0], num_experts)
+    groups = min(x.shape[0] or num_experts, num_experts)
     rows = tf.dynamic_partition(tf.range(tf.shape(x)[0]), group, groups)
     tokens = tf.dynamic_partition(x, group, groups)
     w_i, w_o = w(f"{scope}/wi/kernel"), w(f"{scope}/wo/kernel")
