@@ -164,8 +164,8 @@ def experts(x: tf.Tensor, part: tf.Tensor, w: Weights, scope: str, num_experts: 
     """ReLU(x W_i^e) W_o^e for each token's expert ``part``.
 
     The experts used are numbered in order of appearance and the tokens partitioned by that number
-    into min(N, E) groups, so a graph for N tokens holds min(N, E) expert multiplications: one for a
-    one-token step. A group's kernels are dim-0 slices of ``wi``/``wo`` (no copy); an empty group
+    into min(N, E) groups (E when N is known only at run time), so a graph for N tokens holds
+    min(N, E) expert multiplications: one for a one-token step. A group's kernels are dim-0 slices of ``wi``/``wo`` (no copy); an empty group
     multiplies an empty matrix (no work)."""
     used, group = tf.unique(part)
     groups = min(x.shape[0] or num_experts, num_experts)
