@@ -165,8 +165,8 @@ def experts(x: tf.Tensor, part: tf.Tensor, w: Weights, scope: str, num_experts: 
 
     The experts used are numbered in order of appearance and the tokens partitioned by that number
     into min(N, E) groups (E when N is known only at run time), so a graph for N tokens holds
-    min(N, E) expert multiplications: one for a one-token step. A group's kernels are dim-0 slices of ``wi``/``wo`` (no copy); an empty group
-    multiplies an empty matrix (no work)."""
+    min(N, E) expert multiplications: one for a one-token step. A group's kernels are dim-0 slices of
+    ``wi``/``wo`` (no copy); an empty group multiplies an empty matrix (no work)."""
     used, group = tf.unique(part)
     groups = min(x.shape[0] or num_experts, num_experts)
     rows = tf.dynamic_partition(tf.range(tf.shape(x)[0]), group, groups)
