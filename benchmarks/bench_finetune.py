@@ -61,8 +61,8 @@ def write_balanced_base(base: str, target: str, scale: float = 100.0) -> None:
     almost the same for all tokens of a sequence (random attention averages the values), so the
     routers send most of a sequence to one or two experts. With a 100x larger embedding a token's
     own embedding dominates and the random routers spread tokens by identity, as a trained router
-    spreads them (what the load-balancing loss is for): 5-14 % over training capacity per layer on
-    this benchmark's records, against 62-79 %. The shapes, so the work of a step, are unchanged."""
+    spreads them (what the load-balancing loss is for): 5-12 % over training capacity per layer in
+    this benchmark's steps, against 62-79 %. The shapes, so the work of a step, are unchanged."""
     from modeling.checkpoint import write_checkpoint, write_checkpoint_state
     from modeling.mtf_compat import tf
     from modeling.runtime import open_model_dir
@@ -71,8 +71,13 @@ def write_balanced_base(base: str, target: str, scale: float = 100.0) -> None:
     partial = target + ".partial"
     shutil.rmtree(partial, ignore_errors=True)
     os.makedirs(partial)
-    write_checkpoint(os.path.join(partial, "model"), ((n, reader.get_tensor(n) * (scale if n == "model/wte" else 1))
-                                                      for n in sorted(reader.get_variable_to_shape_map())))
+
+    def tensors():
+        for name in sorted(reader.get_variable_to_shape_map()):
+            value = reader.get_tensor(name)
+            yield name, value * scale if name == "model/wte" else value
+
+    write_checkpoint(os.path.join(partial, "model"), tensors())
     shutil.copy(os.path.join(base, "parameters.json"), partial)
     write_checkpoint_state(partial, ["model"])
     os.rename(partial, target)
@@ -108,8 +113,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", default="/tmp/gptsan-2.8b-random", help="2.8B-shape base (written once if absent)")
     p.add_argument("--routing", choices=["random", "balanced"], default="random",
-                   help="random: the base as written (most tokens dropped); balanced: a copy whose routers spread tokens as "
-                        "trained ones do (written once to BASE-balanced, see write_balanced_base)")
+                   help="random: the base as written (most tokens dropped); balanced: a copy whose routers "
+                        "spread tokens as trained ones do (written once to BASE-balanced, see write_balanced_base)")
     p.add_argument("--work", default="/tmp/bench-finetune", help="scratch directory (records, outputs)")
     p.add_argument("--steps", type=int, default=10, help="training steps per case (the first two are warm-up)")
     p.add_argument("--spouts", nargs="+", default=["none", "onehot"], help="--spout_vector cases")
