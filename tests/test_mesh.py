@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from modeling.mesh import MeshError, make_mesh, parse_layout, parse_mesh_shape
-from modeling.mtf_compat import PlacementMeshImpl, mtf, tf
+from modeling.mtf_compat import PlacementMeshImpl, einsum_as_matmul, mtf, tf
 from tiny_mtf import train_tiny
 
 MULTI = "batch:2;model:2"
@@ -17,6 +17,33 @@ def test_estimator_shim_has_what_mesh_tf_uses():
     assert tf.estimator.CheckpointSaverListener is tf.train.CheckpointSaverListener
     assert tf.estimator.ModeKeys.TRAIN == "train"
     assert issubclass(mtf.MtfRestoreHook, tf.train.SessionRunHook)
+
+
+@pytest.mark.parametrize("equation, a_shape, b_shape, as_matmul", [
+    ("abc,cdef->abdef", [4, 6, 5], [5, 3, 4, 2], True),     # attention's qkv projection
+    ("abcde,fcde->abf", [2, 3, 4, 5, 6], [7, 4, 5, 6], True),  # its input gradient (adjoint b)
+    ("abcde,abf->fcde", [2, 3, 4, 5, 6], [2, 3, 7], True),  # its weight gradient (output swapped)
+    ("abc,dc->abd", [2, 3, 4], [7, 4], True),               # the tied output layer
+    ("abc,abd->cd", [2, 3, 7], [2, 3, 4], True),            # its weight gradient (adjoint a)
+    ("abcd,ade->abce", [3, 2, 4, 5], [3, 5, 6], True),      # experts, batched over dim a
+    ("abcd,aed->abce", [3, 2, 4, 6], [3, 5, 6], True),
+    ("abcd,abce->aed", [3, 2, 4, 6], [3, 2, 4, 5], True),   # an expert's weight gradient
+    ("ab,cd->abcd", [2, 3], [4, 5], True),                  # nothing contracted
+    ("ab,ab->", [3, 4], [3, 4], True),                      # nothing left
+    ("abcd,aced->acbe", [2, 6, 4, 3], [2, 4, 6, 3], False),  # batch dims not leading: tf.einsum
+    ("abc,abde->daec", [2, 3, 4], [2, 3, 5, 6], False),
+    ("abc,ac->b", [2, 3, 4], [2, 4], False),                # a dim summed in one operand only
+])
+def test_einsum_as_matmul_matches_numpy(equation, a_shape, b_shape, as_matmul):
+    """The mesh's einsum lowering against numpy's einsum in float64 (tolerance: float32 rounding)."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal(a_shape).astype(np.float32), rng.standard_normal(b_shape).astype(np.float32)
+    with tf.Graph().as_default(), tf.Session() as session:
+        product = einsum_as_matmul(equation, tf.constant(a), tf.constant(b))
+        assert (product is not None) == as_matmul
+        lowered = session.run(PlacementMeshImpl(mtf.Shape([]), [], [""]).einsum(equation, tf.constant(a), tf.constant(b)))
+    np.testing.assert_allclose(lowered, np.einsum(equation, a.astype(np.float64), b.astype(np.float64)),
+                               rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("text, expected", [
