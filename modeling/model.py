@@ -320,7 +320,7 @@ def switch_ffn(x: mtf.Tensor, dims: Dims, config: ModelConfig, nonpadding: mtf.T
     fetches each token's routed expert instead of running every expert's capacity slots, which
     would read all experts' weights for one token. ``gather_slots`` (one device) moves tokens into
     their slots and back by gathers (``embed``) instead of the one-hot dispatch/combine products,
-    whose multiplications by 0 and 1 cost a fifth of an expert's. The result is the same.
+    whose multiplications by 0 and 1 cost a quarter of the experts' own. The result is the same.
     """
     batch, length = x.shape.dims[:2]
     group = dim("group", batch.size * length.size // groups)
