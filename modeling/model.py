@@ -269,6 +269,10 @@ class Routing:
     expert_fraction: mtf.Tensor
     dropped_fraction: mtf.Tensor
 
+    def token_gate(self, dtype) -> mtf.Tensor:
+        """[groups, group] each token's gate, 0 for a dropped one: what its expert's output is scaled by."""
+        return mtf.cast(mtf.reduce_sum(self.combine, output_shape=self.expert_index.shape), dtype)
+
 
 def route(router_logits: mtf.Tensor, nonpadding: mtf.Tensor, dims: Dims, capacity: int,
           config: ModelConfig, capacity_by_length: list[int] | None = None) -> Routing:
@@ -344,7 +348,7 @@ def switch_ffn(x: mtf.Tensor, dims: Dims, config: ModelConfig, nonpadding: mtf.T
         hidden = mtf.relu(mtf.einsum([xg, embed(w_i, routing.expert_index)],
                                      mtf.Shape(grouped_shape + [dims.expert_hidden])))
         expert_out = mtf.einsum([hidden, embed(w_o, routing.expert_index)], mtf.Shape(grouped_shape + [dims.d_model]))
-        moe = expert_out * mtf.cast(mtf.reduce_sum(routing.combine, output_shape=grouped_shape), x.dtype)
+        moe = expert_out * routing.token_gate(x.dtype)
     else:
         slots = [dims.experts, grouped_shape[0], routing.dispatch.shape.dims[-1]]
         if gather_slots:   # the token in each slot, the slot of each token: 0 where none (an empty slot
@@ -359,8 +363,7 @@ def switch_ffn(x: mtf.Tensor, dims: Dims, config: ModelConfig, nonpadding: mtf.T
         if gather_slots:
             slot = mtf.einsum([routing.dispatch, _row_index(x.mesh, slots)], mtf.Shape(grouped_shape))
             outputs = mtf.reshape(expert_out, [dim("slots", math.prod(d.size for d in slots)), dims.d_model])
-            moe = embed(outputs, mtf.cast(slot, tf.int32)) * mtf.cast(
-                mtf.reduce_sum(routing.combine, output_shape=grouped_shape), x.dtype)
+            moe = embed(outputs, mtf.cast(slot, tf.int32)) * routing.token_gate(x.dtype)
         else:
             moe = mtf.einsum([expert_out, mtf.cast(routing.combine, x.dtype)],
                              mtf.Shape(grouped_shape + [dims.d_model]))
