@@ -138,19 +138,20 @@ def einsum_as_matmul(equation: str, a: tf.Tensor, b: tf.Tensor) -> tf.Tensor | N
     batch = "".join(c for c in out if c in x and c in y)
     k = "".join(c for c in x if c in y and c not in out)
     m, n = "".join(c for c in x if c not in y), "".join(c for c in y if c not in x)
-    if not (x[:len(batch)] == y[:len(batch)] == out[:len(batch)] == batch and x[len(batch):] in (m + k, k + m)
-            and y[len(batch):] in (k + n, n + k) and out[len(batch):] in (m + n, n + m)):
+    lead = len(batch)
+    if not (x[:lead] == y[:lead] == out[:lead] == batch and x[lead:] in (m + k, k + m)
+            and y[lead:] in (k + n, n + k) and out[lead:] in (m + n, n + m)):
         return None
     size = dict(zip(x, a.shape.as_list())) | dict(zip(y, b.shape.as_list()))
-    lead = [size[c] for c in batch]
 
     def matrix(t: tf.Tensor, rows: str, cols: str) -> tf.Tensor:
-        return tf.reshape(t, lead + [math.prod(size[c] for c in rows), math.prod(size[c] for c in cols)])
+        return tf.reshape(t, [size[c] for c in batch] + [math.prod(size[c] for c in rows),
+                                                         math.prod(size[c] for c in cols)])
 
-    a_km, b_nk = x[len(batch):] == k + m != m + k, y[len(batch):] == n + k != k + n
+    a_km, b_nk = x[lead:] != m + k, y[lead:] != k + n   # stored [k, m] / [n, k]: read with the adjoint flag
     a2 = matrix(a, k, m) if a_km else matrix(a, m, k)
     b2 = matrix(b, n, k) if b_nk else matrix(b, k, n)
-    if out[len(batch):] == m + n:
+    if out[lead:] == m + n:
         product = tf.matmul(a2, b2, adjoint_a=a_km, adjoint_b=b_nk)
     else:   # [n, m] = bᵀ·aᵀ
         product = tf.matmul(b2, a2, adjoint_a=not b_nk, adjoint_b=not a_km)
