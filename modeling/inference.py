@@ -179,6 +179,17 @@ def experts(x: tf.Tensor, part: tf.Tensor, w: Weights, scope: str, num_experts: 
     return tf.dynamic_stitch(rows, outputs)
 
 
+def kept_experts(x: tf.Tensor, part: tf.Tensor, w_i: tf.Tensor, w_o: tf.Tensor) -> tf.Tensor:
+    """ReLU(x W_i^e) W_o^e for each token's expert ``part``, 0 where ``part`` is E (dropped), with
+    weight gradients: an expert's kernels are ``unstack`` outputs (views; their gradient stacks the
+    experts' once, where a slice's gradient would be a whole [E, …] tensor per expert)."""
+    experts = w_i.shape[0]
+    rows = tf.dynamic_partition(tf.range(tf.shape(x)[0]), part, experts + 1)
+    tokens = tf.dynamic_partition(x, part, experts + 1)
+    outputs = [tf.matmul(tf.nn.relu(tf.matmul(t, a)), b) for t, a, b in zip(tokens, tf.unstack(w_i), tf.unstack(w_o))]
+    return tf.dynamic_stitch(rows, outputs + [tf.zeros_like(tokens[-1])])
+
+
 def _capacity_table(config: ModelConfig, length: tf.Tensor) -> tf.Tensor:
     """Entry n: how many tokens an expert keeps of an n-token sequence (``model.expert_capacity``)."""
     table = [network.expert_capacity(n, config.num_experts, config.capacity_factor_eval,

@@ -317,14 +317,14 @@ def route(router_logits: mtf.Tensor, nonpadding: mtf.Tensor, dims: Dims, capacit
 def switch_ffn(x: mtf.Tensor, dims: Dims, config: ModelConfig, nonpadding: mtf.Tensor, groups: int,
                capacity: int, jitter: mtf.Tensor | None, dtype: mtf.VariableDType,
                gather_experts: bool = False, capacity_by_length: list[int] | None = None,
-               gather_slots: bool = False) -> tuple[mtf.Tensor, Routing]:
+               direct_experts: bool = False) -> tuple[mtf.Tensor, Routing]:
     """Top-1 mixture of ReLU experts plus the dense tanh "softmlp" bypass (spec §3.5).
 
     ``gather_experts`` (one token per group, experts not split over the mesh: a generation step)
     fetches each token's routed expert instead of running every expert's capacity slots, which
-    would read all experts' weights for one token. ``gather_slots`` (one device) moves tokens into
-    their slots and back by gathers (``embed``) instead of the one-hot dispatch/combine products,
-    whose multiplications by 0 and 1 cost a quarter of the experts' own. The result is the same.
+    would read all experts' weights for one token. ``direct_experts`` (one device) multiplies each
+    kept token by its own expert only (``_DirectExperts``) instead of every capacity slot through the
+    one-hot dispatch/combine products. The result is the same.
     """
     batch, length = x.shape.dims[:2]
     group = dim("group", batch.size * length.size // groups)
@@ -349,36 +349,19 @@ def switch_ffn(x: mtf.Tensor, dims: Dims, config: ModelConfig, nonpadding: mtf.T
                                      mtf.Shape(grouped_shape + [dims.expert_hidden])))
         expert_out = mtf.einsum([hidden, embed(w_o, routing.expert_index)], mtf.Shape(grouped_shape + [dims.d_model]))
         moe = expert_out * routing.token_gate(x.dtype)
+    elif direct_experts:
+        expert_out = _DirectExperts(xg, w_i, w_o, routing).outputs[0]
+        moe = expert_out * routing.token_gate(x.dtype)
     else:
         slots = [dims.experts, grouped_shape[0], routing.dispatch.shape.dims[-1]]
-        if gather_slots:   # the token in each slot, the slot of each token: 0 where none (an empty slot
-            # computes token 0 and nothing reads it back); float32 sums of integers, exact below 2**24
-            token = mtf.einsum([routing.dispatch, _row_index(x.mesh, grouped_shape)], mtf.Shape(slots))
-            tokens = mtf.reshape(xg, [dim("tokens", batch.size * length.size), dims.d_model])
-            expert_in = embed(tokens, mtf.cast(token, tf.int32))
-        else:
-            expert_in = mtf.einsum([xg, mtf.cast(routing.dispatch, x.dtype)], mtf.Shape(slots + [dims.d_model]))
+        expert_in = mtf.einsum([xg, mtf.cast(routing.dispatch, x.dtype)], mtf.Shape(slots + [dims.d_model]))
         hidden = mtf.relu(mtf.einsum([expert_in, w_i], mtf.Shape(slots + [dims.expert_hidden])))
         expert_out = mtf.einsum([hidden, w_o], mtf.Shape(slots + [dims.d_model]))
-        if gather_slots:
-            slot = mtf.einsum([routing.dispatch, _row_index(x.mesh, slots)], mtf.Shape(grouped_shape))
-            outputs = mtf.reshape(expert_out, [dim("slots", math.prod(d.size for d in slots)), dims.d_model])
-            moe = embed(outputs, mtf.cast(slot, tf.int32)) * routing.token_gate(x.dtype)
-        else:
-            moe = mtf.einsum([expert_out, mtf.cast(routing.combine, x.dtype)],
-                             mtf.Shape(grouped_shape + [dims.d_model]))
+        moe = mtf.einsum([expert_out, mtf.cast(routing.combine, x.dtype)], mtf.Shape(grouped_shape + [dims.d_model]))
 
     w_soft = variable(x.mesh, "softmlp/kernel", [dims.d_model, dims.d_model_out], _normal(0.01), dtype)
     bypass = mtf.tanh(mtf.einsum([x, w_soft], mtf.Shape([batch, length, dims.d_model_out])))
     return mtf.reshape(moe, x.shape) + mtf.rename_dimension(bypass, "d_model_out", "d_model"), routing
-
-
-def _row_index(mesh: mtf.Mesh, dims: list[mtf.Dimension]) -> mtf.Tensor:
-    """Each entry's row-major position in a tensor of shape ``dims``, in float32 (exact below 2**24)."""
-    index = 0.0
-    for d in dims:
-        index = index * d.size + mtf.range(mesh, d, tf.float32)
-    return index
 
 
 def ext_ffn(x: mtf.Tensor, dims: Dims, dtype: mtf.VariableDType) -> mtf.Tensor:
@@ -449,7 +432,7 @@ class Inputs:
 
 def forward(mesh: mtf.Mesh, config: ModelConfig, inputs: Inputs, *, training: bool = False,
             batch_split: int = 1, experts_split: bool = True, jitter_seed: tf.Tensor | None = None,
-            activation_dtype=tf.float32, direct_layers: int = 0, gather_slots: bool = False) -> Outputs:
+            activation_dtype=tf.float32, direct_layers: int = 0, direct_experts: bool = False) -> Outputs:
     """The network from token ids to logits (spec §3).
 
     ``batch_split`` is the size of the mesh axis that carries ``batch`` (routing groups are a
@@ -460,8 +443,8 @@ def forward(mesh: mtf.Mesh, config: ModelConfig, inputs: Inputs, *, training: bo
     ``experts_split`` says whether the layout splits the experts over the mesh (then one-token steps
     cannot fetch a single expert's weights and run every expert instead). ``direct_layers``: the
     first layers run as one op by ``modeling.inference`` (one device only, float32; see
-    ``_DirectLayers``). ``gather_slots`` (one device only): tokens enter and leave their experts' slots
-    by gathers (``switch_ffn``).
+    ``_DirectLayers``). ``direct_experts`` (one device only): the experts multiply
+    kept tokens only (``switch_ffn``).
     """
     dims = Dims(config)
     dtype = mtf.VariableDType(tf.float32, tf.float32, activation_dtype)
@@ -523,7 +506,7 @@ def forward(mesh: mtf.Mesh, config: ModelConfig, inputs: Inputs, *, training: bo
                 with tf.variable_scope(f"moe{layer}"):
                     f, routing = switch_ffn(x, dims, config, inputs.nonpadding, groups, capacity, jitter, dtype,
                                             gather_experts=gather, capacity_by_length=capacity_by_length,
-                                            gather_slots=gather_slots)
+                                            direct_experts=direct_experts)
                 aux_loss += routing.aux_loss
                 fractions.append(routing.expert_fraction)
                 dropped.append(routing.dropped_fraction)
@@ -603,6 +586,35 @@ class _DirectLayers(mtf.Operation):
     def gradient(self, grad_ys):
         grads = iter(_DirectGradient(self, grad_ys, 3, len(self._pasts)).outputs)
         return [next(grads) if 3 <= i < 3 + len(self._pasts) else None for i in range(len(self.inputs))]
+
+
+class _DirectExperts(mtf.Operation):
+    """ReLU(x W_i^e) W_o^e of each kept token's expert e (0 for a dropped token), in plain TensorFlow
+    on one device (``inference.kept_experts``).
+
+    The capacity-slot einsums multiply every slot, empty or not: 25 % more rows than tokens when the
+    routing is even, up to twice as many while it is not (an untrained model drops a third of its
+    tokens). This multiplies the kept tokens only, as the port does; the numbers are the same."""
+
+    def __init__(self, x: mtf.Tensor, w_i: mtf.Tensor, w_o: mtf.Tensor, routing: Routing):
+        kept = mtf.reduce_sum(routing.dispatch, output_shape=routing.expert_index.shape)
+        super().__init__([x, w_i, w_o, routing.expert_index, kept], name="direct_experts")
+        self._outputs = [mtf.Tensor(self, x.shape, x.dtype)]
+        self._splittable_dims, self._unsplittable_dims = self._initialize_splittable_and_unsplittable_dims(
+            "unsplittable")
+
+    def lower(self, lowering):
+        mesh_impl = lowering.mesh_impl(self)
+        if mesh_impl.size != 1:
+            raise ValueError("direct experts run on one device only")
+        x, w_i, w_o, expert, kept = (lowering.tensors[t].to_laid_out_tensor().all_slices[0] for t in self.inputs)
+        part = tf.where_v2(kept > 0, expert, w_i.shape[0])
+        with tf.get_default_graph().gradient_override_map({"MatMul": "StreamedWeightMatMul"}):
+            out = inference.kept_experts(tf.reshape(x, [-1, x.shape[-1]]), tf.reshape(part, [-1]), w_i, w_o)
+        lowering.set_tensor_lowering(self.outputs[0], mesh_impl.LaidOutTensor([tf.reshape(out, x.shape)]))
+
+    def gradient(self, grad_ys):
+        return [*_DirectGradient(self, grad_ys, 0, 3).outputs, None, None]
 
 
 @tf.RegisterGradient("StreamedWeightMatMul")

@@ -258,7 +258,7 @@ class Runtime:
         axis = self.mesh.mesh_impl.tensor_dimension_to_mesh_axis(dims.experts)
         experts_split = axis is not None and self.mesh.mesh_impl.shape[axis].size > 1
         outputs = network.forward(mesh, c, inputs, training=training, batch_split=self.mesh.batch_split,
-                                  experts_split=experts_split, gather_slots=self.mesh.size == 1)
+                                  experts_split=experts_split, direct_experts=self.mesh.size == 1)
         lowering = mtf.Lowering(graph, {mesh: self.mesh.mesh_impl})
         self._lowerings.append(lowering)
         export = lowering.export_to_tf_tensor

@@ -280,7 +280,7 @@ def build(config: ModelConfig, s: Settings, mesh: MeshSetup) -> TrainGraph:
         direct = frozen_layers(config, s.frozen) if mesh.size == 1 and activation_dtype == tf.float32 else 0
         outputs = network.forward(m, config, inputs, training=True, batch_split=mesh.batch_split,
                                   jitter_seed=seed, activation_dtype=activation_dtype, direct_layers=direct,
-                                  gather_slots=mesh.size == 1)
+                                  direct_experts=mesh.size == 1)
         lm = lm_loss(outputs.logits, targets, config.output_z_loss_coef)
         total = lm + outputs.aux_loss
 
@@ -381,7 +381,7 @@ def build_evaluation(config: ModelConfig, s: Settings, mesh: MeshSetup, train: T
         mesh_graph = mtf.Graph()
         m = mtf.Mesh(mesh_graph, "mesh")
         inputs, targets = import_batch(m, iterator.get_next(), config, s, tf.constant([s.seed, -1], tf.int64))
-        outputs = network.forward(m, config, inputs, batch_split=mesh.batch_split, gather_slots=mesh.size == 1)
+        outputs = network.forward(m, config, inputs, batch_split=mesh.batch_split, direct_experts=mesh.size == 1)
         vocab = outputs.logits.shape.dims[-1]
         nll = mtf.reduce_logsumexp(outputs.logits, vocab) - mtf.reduce_sum(
             outputs.logits * mtf.one_hot(targets, vocab, dtype=tf.float32), reduced_dim=vocab)
