@@ -17,10 +17,12 @@ port's through the name mapping of spec §17.4) and run in fresh processes, alte
 
 FLOPs per token (``flops_per_token``, stated in the output): 3 x (forward) for forward + backward,
 the forward being 2 x the weights one token multiplies (attention projections, router, softmlp,
-the one routed expert, dense head, tied output embedding) plus attention's scores and weighted sum
-(4 x T x d per layer). Capacity slots, one-hot dispatch and combine are not counted: they are our
-cost, not the model's. MFU is that over the best 2048 x 2048 float32 matmul of numpy and of
-TensorFlow measured here (best of 10 each).
+the routed expert, dense head, tied output embedding) plus attention's scores and weighted sum
+(4 x T x d per layer). The routed expert counts for the tokens its capacity keeps: the share kept
+in our run's timed steps (``dropped_fraction`` in ``train_log.jsonl``), about two thirds for these
+untrained weights; neither side multiplies a dropped token. Capacity slots, one-hot dispatch and
+combine (multi-device meshes) are not counted: they are our cost, not the model's. MFU is that over
+the best 2048 x 2048 float32 matmul of numpy and of TensorFlow measured here (best of 10 each).
 
     python benchmarks/bench_train.py [--port_python /tmp/portenv/bin/python] [--steps 12] [--repeats 3]
 
@@ -50,10 +52,11 @@ from child import run_child  # noqa: E402
 BATCH, WARMUP = 8, 3
 
 
-def flops_per_token(p: dict, length: int = LENGTH) -> float:
-    """Training FLOPs per token: 3 x (2 x multiplied weights + attention), one routed expert."""
+def flops_per_token(p: dict, length: int = LENGTH, kept: float = 1.0) -> float:
+    """Training FLOPs per token: 3 x (2 x multiplied weights + attention), the routed expert for the
+    share ``kept`` of the tokens."""
     d, e, v, layers = p["num_hidden"], p["num_experts"], p["num_vocabulary"], p["num_switch_layers"]
-    per_layer = 4 * d * d + d * e + d * d + 2 * d * 8 * d   # qkv + o, router, softmlp, one expert
+    per_layer = 4 * d * d + d * e + d * d + kept * 2 * d * 8 * d   # qkv + o, router, softmlp, expert
     head = d * d + d * v                                      # dense projection, tied output
     attention = 4 * length * d * layers
     return 3 * (2 * (layers * per_layer + head) + attention)
@@ -81,8 +84,9 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def ours(directory: str, records: str, steps: int) -> float:
-    """Steady tokens/s of ``run_pretrain.py`` on a copy of ``directory``."""
+def ours(directory: str, records: str, steps: int) -> tuple[float, float]:
+    """Steady tokens/s of ``run_pretrain.py`` on a copy of ``directory``, and the share of tokens the
+    experts kept in those steps (mean over steps and layers)."""
     with tempfile.TemporaryDirectory() as tmp:
         model = os.path.join(tmp, "model")
         shutil.copytree(directory, model)
@@ -91,8 +95,9 @@ def ours(directory: str, records: str, steps: int) -> float:
                         "--log_every", "1", "--save_every", str(10 * steps), "--no_progress"],
                        check=True, stdout=subprocess.DEVNULL)
         with open(os.path.join(model, "train_log.jsonl")) as f:
-            rates = [r["tokens_per_second"] for r in map(json.loads, f) if "tokens_per_second" in r]
-    return float(np.median(rates[WARMUP:]))
+            records = [r for r in map(json.loads, f) if "tokens_per_second" in r][WARMUP:]
+    return (float(np.median([r["tokens_per_second"] for r in records])),
+            1.0 - float(np.mean([r["dropped_fraction"] for r in records])))
 
 
 def port(python: str, weights: str, steps: int) -> float:
@@ -118,14 +123,16 @@ def main() -> None:
         np.savez(npz, **weights)
         del weights
         write_records(records, BATCH * args.steps)
-        mine, theirs = [], []
+        mine, theirs, kept = [], [], []
         for _ in range(args.repeats):
-            mine.append(ours(directory, records, args.steps))
+            rate, share = ours(directory, records, args.steps)
+            mine.append(rate)
+            kept.append(share)
             if args.port_python:
                 theirs.append(port(args.port_python, npz, args.steps))
     peaks = matmul_peaks()
     best_peak = max(peaks.values())
-    flops = flops_per_token(BENCH)
+    flops = flops_per_token(BENCH, kept=float(np.mean(kept)))
 
     def span(values: list[float]) -> str:
         return f"{max(values):.0f} ({min(values):.0f}-{max(values):.0f})"
@@ -133,7 +140,8 @@ def main() -> None:
     print(f"bench width: d={BENCH['num_hidden']} heads={BENCH['num_header']} switch layers={BENCH['num_switch_layers']} "
           f"experts={BENCH['num_experts']} V={BENCH['num_vocabulary']}, batch {BATCH} x {LENGTH}, one CPU device, "
           f"best of {args.repeats} runs (all runs: min-max)")
-    print(f"FLOPs per token (3 x forward, one routed expert, attention at T={LENGTH}): {flops / 1e9:.3f} GFLOP")
+    print(f"FLOPs per token (3 x forward, attention at T={LENGTH}, the routed expert for the {np.mean(kept):.1%} "
+          f"of tokens kept): {flops / 1e9:.3f} GFLOP ({flops_per_token(BENCH) / 1e9:.3f} if every token were kept)")
     print(f"float32 matmul 2048^2: numpy {peaks['numpy'] / 1e9:.0f} GFLOP/s, TensorFlow "
           f"{peaks['tensorflow'] / 1e9:.0f} GFLOP/s; MFU against the best, {best_peak / 1e9:.0f} GFLOP/s")
     print(f"{'':>6} {'tokens/s':>18} {'GFLOP/s':>8} {'MFU':>6}")
