@@ -72,6 +72,12 @@ class MeshSetup:
         return self.shape.size
 
     @property
+    def one_device(self) -> bool:
+        """One CPU or GPU device: where the plain-TensorFlow fast paths apply (their dynamic shapes,
+        e.g. tokens partitioned by expert, do not compile for a TPU core)."""
+        return self.size == 1 and not isinstance(self.mesh_impl, SimdMeshImpl)
+
+    @property
     def batch_split(self) -> int:
         """Size of the mesh axis that carries the ``batch`` dimension (1 if none)."""
         axis = self.mesh_impl.tensor_dimension_to_mesh_axis(mtf.Dimension("batch", 0))

@@ -195,7 +195,7 @@ class Runtime:
 
     @property
     def direct(self) -> bool:
-        return self._direct_inference and self.mesh.size == 1
+        return self._direct_inference and self.mesh.one_device
 
     def _direct(self, placeholders: dict[str, tf.Tensor], length: int, spout: bool,
                 cache: list[tuple[tf.Variable, tf.Variable]] | None,
@@ -258,7 +258,7 @@ class Runtime:
         axis = self.mesh.mesh_impl.tensor_dimension_to_mesh_axis(dims.experts)
         experts_split = axis is not None and self.mesh.mesh_impl.shape[axis].size > 1
         outputs = network.forward(mesh, c, inputs, training=training, batch_split=self.mesh.batch_split,
-                                  experts_split=experts_split, direct_experts=self.mesh.size == 1)
+                                  experts_split=experts_split, direct_experts=self.mesh.one_device)
         lowering = mtf.Lowering(graph, {mesh: self.mesh.mesh_impl})
         self._lowerings.append(lowering)
         export = lowering.export_to_tf_tensor

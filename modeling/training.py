@@ -311,10 +311,10 @@ def build(config: ModelConfig, s: Settings, mesh: MeshSetup) -> TrainGraph:
         m = mtf.Mesh(mesh_graph, "mesh")
         batch = iterator.get_next()
         inputs, targets = import_batch(m, batch, config, s, seed)
-        direct = frozen_layers(config, s.frozen) if mesh.size == 1 and activation_dtype == tf.float32 else 0
+        direct = frozen_layers(config, s.frozen) if mesh.one_device and activation_dtype == tf.float32 else 0
         outputs = network.forward(m, config, inputs, training=True, batch_split=mesh.batch_split,
                                   jitter_seed=seed, activation_dtype=activation_dtype, direct_layers=direct,
-                                  direct_experts=mesh.size == 1)
+                                  direct_experts=mesh.one_device)
         lm = lm_loss(outputs.logits, targets, config.output_z_loss_coef, _vocabulary_whole(mesh, outputs.logits))
         total = lm + outputs.aux_loss
 
@@ -422,7 +422,7 @@ def build_evaluation(config: ModelConfig, s: Settings, mesh: MeshSetup, train: T
         mesh_graph = mtf.Graph()
         m = mtf.Mesh(mesh_graph, "mesh")
         inputs, targets = import_batch(m, iterator.get_next(), config, s, tf.constant([s.seed, -1], tf.int64))
-        outputs = network.forward(m, config, inputs, batch_split=mesh.batch_split, direct_experts=mesh.size == 1)
+        outputs = network.forward(m, config, inputs, batch_split=mesh.batch_split, direct_experts=mesh.one_device)
         nll = token_losses(outputs.logits, targets, 0.0, _vocabulary_whole(mesh, outputs.logits))
         weight = mtf.cast(mtf.greater_equal(targets, 0), tf.float32)
         totals = {"nll": mtf.reduce_sum(nll * weight), "count": mtf.reduce_sum(weight)}

@@ -78,6 +78,7 @@ def test_make_mesh_uses_logical_cpu_devices():
     assert isinstance(setup.mesh_impl, PlacementMeshImpl)
     assert setup.mesh_impl.devices == [f"/device:CPU:{i}" for i in range(4)]
     assert setup.session_config.device_count["CPU"] == 4
+    assert not setup.one_device and make_mesh("").one_device   # the one-device fast paths
 
 
 def test_multi_device_training_matches_one_device():
