@@ -141,9 +141,7 @@ def switch_ffn(x: tf.Tensor, w: Weights, layer: int, config: ModelConfig, nonpad
     if routing is None:   # a dropped token (rare) joins the first token's expert: no extra expert read
         moe = experts(x, tf.where_v2(kept_rows, expert, expert[0]), w, scope, E)
     else:   # training drops many more (62-79 % per layer in an untrained model): they multiply nothing
-        rows = tf.where(kept_rows)
-        moe = tf.scatter_nd(rows, experts(tf.gather_nd(x, rows), tf.gather_nd(expert, rows), w, scope, E),
-                            tf.shape(x, out_type=tf.int64))
+        moe = kept_experts(x, expert, kept_rows, w(f"{scope}/wi/kernel"), w(f"{scope}/wo/kernel"))
     moe *= tf.reshape(gate * tf.cast(kept, tf.float32), [-1, 1])              # dropped tokens: no expert output
     bypass = tf.tanh(tf.matmul(x, w(f"{scope}/softmlp/kernel")))
 
@@ -179,11 +177,13 @@ def experts(x: tf.Tensor, part: tf.Tensor, w: Weights, scope: str, num_experts: 
     return tf.dynamic_stitch(rows, outputs)
 
 
-def kept_experts(x: tf.Tensor, part: tf.Tensor, w_i: tf.Tensor, w_o: tf.Tensor) -> tf.Tensor:
-    """ReLU(x W_i^e) W_o^e for each token's expert ``part``, 0 where ``part`` is E (dropped), with
-    weight gradients: an expert's kernels are ``unstack`` outputs (views; their gradient stacks the
-    experts' once, where a slice's gradient would be a whole [E, …] tensor per expert)."""
+def kept_experts(x: tf.Tensor, expert: tf.Tensor, kept: tf.Tensor, w_i: tf.Tensor, w_o: tf.Tensor) -> tf.Tensor:
+    """ReLU(x W_i^e) W_o^e for each token's ``expert`` where ``kept``, 0 elsewhere; a dropped token
+    multiplies nothing. With weight gradients: an expert's kernels are ``unstack`` outputs (views; their
+    gradient stacks the experts' once, where a slice's gradient would be a whole [E, …] tensor per
+    expert)."""
     experts = w_i.shape[0]
+    part = tf.where_v2(kept, expert, experts)   # the dropped go to an extra partition
     rows = tf.dynamic_partition(tf.range(tf.shape(x)[0]), part, experts + 1)
     tokens = tf.dynamic_partition(x, part, experts + 1)
     outputs = [tf.matmul(tf.nn.relu(tf.matmul(t, a)), b) for t, a, b in zip(tokens, tf.unstack(w_i), tf.unstack(w_o))]

@@ -608,9 +608,9 @@ class _DirectExperts(mtf.Operation):
         if mesh_impl.size != 1:
             raise ValueError("direct experts run on one device only")
         x, w_i, w_o, expert, kept = (lowering.tensors[t].to_laid_out_tensor().all_slices[0] for t in self.inputs)
-        part = tf.where_v2(kept > 0, expert, w_i.shape[0])
         with tf.get_default_graph().gradient_override_map({"MatMul": "StreamedWeightMatMul"}):
-            out = inference.kept_experts(tf.reshape(x, [-1, x.shape[-1]]), tf.reshape(part, [-1]), w_i, w_o)
+            out = inference.kept_experts(tf.reshape(x, [-1, x.shape[-1]]), tf.reshape(expert, [-1]),
+                                         tf.reshape(kept > 0, [-1]), w_i, w_o)
         lowering.set_tensor_lowering(self.outputs[0], mesh_impl.LaidOutTensor([tf.reshape(out, x.shape)]))
 
     def gradient(self, grad_ys):
