@@ -95,9 +95,9 @@ def ours(directory: str, records: str, steps: int) -> tuple[float, float]:
                         "--log_every", "1", "--save_every", str(10 * steps), "--no_progress"],
                        check=True, stdout=subprocess.DEVNULL)
         with open(os.path.join(model, "train_log.jsonl")) as f:
-            records = [r for r in map(json.loads, f) if "tokens_per_second" in r][WARMUP:]
-    return (float(np.median([r["tokens_per_second"] for r in records])),
-            1.0 - float(np.mean([r["dropped_fraction"] for r in records])))
+            logged = [r for r in map(json.loads, f) if "tokens_per_second" in r][WARMUP:]
+    return (float(np.median([r["tokens_per_second"] for r in logged])),
+            1.0 - float(np.mean([r["dropped_fraction"] for r in logged])))
 
 
 def port(python: str, weights: str, steps: int) -> float:
